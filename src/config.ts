@@ -1,0 +1,76 @@
+import { z } from "zod";
+
+/**
+ * The development key-encryption key. It lets `npm start` work with no configuration; with
+ * NODE_ENV=production the service refuses to start unless KEY_ENCRYPTION_KEY is set to another value.
+ */
+export const developmentKeyEncryptionKey = Buffer.alloc(32, "dev-only-kek").toString("base64url");
+
+const base64Key = z
+  .string()
+  .transform((s, ctx) => {
+    const key = Buffer.from(s, "base64url");
+    if (key.length !== 32) {
+      ctx.addIssue({ code: "custom", message: "must be 32 bytes, base64 or base64url encoded" });
+      return z.NEVER;
+    }
+    return key;
+  });
+
+const int = (min: number, max: number, fallback: number) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+
+const schema = z
+  .object({
+    NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
+    PORT: int(0, 65535, 8080),
+    HOST: z.string().min(1).default("0.0.0.0"),
+    DATABASE_URL: z
+      .url({ protocol: /^mysql$/ })
+      .default("mysql://root@127.0.0.1:3306/sessions"),
+    DATABASE_POOL_SIZE: int(1, 200, 16),
+    KEY_ENCRYPTION_KEY: base64Key.optional(),
+    ISSUER: z.url().default("http://localhost:8080"),
+    LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+    BODY_LIMIT_BYTES: int(1024, 10 * 1024 * 1024, 64 * 1024),
+    API_KEY_CACHE_SECONDS: int(0, 300, 5),
+    SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
+  })
+  .transform((env, ctx) => {
+    if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
+      ctx.addIssue({ code: "custom", path: ["KEY_ENCRYPTION_KEY"], message: "is required in production" });
+    }
+    const kek = env.KEY_ENCRYPTION_KEY ?? Buffer.from(developmentKeyEncryptionKey, "base64url");
+    if (env.NODE_ENV === "production" && kek.toString("base64url") === developmentKeyEncryptionKey) {
+      ctx.addIssue({ code: "custom", path: ["KEY_ENCRYPTION_KEY"], message: "must not be the development key in production" });
+    }
+    return {
+      nodeEnv: env.NODE_ENV,
+      port: env.PORT,
+      host: env.HOST,
+      databaseUrl: env.DATABASE_URL,
+      databasePoolSize: env.DATABASE_POOL_SIZE,
+      keyEncryptionKey: kek,
+      issuer: env.ISSUER,
+      logLevel: env.LOG_LEVEL,
+      bodyLimitBytes: env.BODY_LIMIT_BYTES,
+      apiKeyCacheSeconds: env.API_KEY_CACHE_SECONDS,
+      shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
+    };
+  });
+
+export type Config = z.output<typeof schema>;
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** Reads and validates the configuration once; an invalid value names its variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `${i.path.join(".") || "env"}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  return parsed.data;
+}

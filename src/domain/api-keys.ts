@@ -1,0 +1,69 @@
+import { LRUCache } from "lru-cache";
+import type { Clock } from "./clock.js";
+import { AppError } from "./errors.js";
+import type { ApiKey } from "./model.js";
+import type { TenantStore } from "./ports.js";
+import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
+
+/** A fresh secret key; only its hash is stored, the key itself is shown to the operator once. */
+export function mintApiKey(tenantId: string, now: Date, mode: "live" | "test" = "live") {
+  const secret = newSecret(mode === "live" ? "sk_live_" : "sk_test_");
+  const key: ApiKey = {
+    tenantId,
+    id: newId("key"),
+    // Enough to recognise a key in a listing, far too little to guess it.
+    hint: `${secret.slice(0, 12)}…`,
+    createdAt: now,
+    revokedAt: null,
+  };
+  return { key, secret, hash: hashSecret(secret) };
+}
+
+const secretKeyPattern = /^sk_(live|test)_[A-Za-z0-9_-]{43}$/;
+
+/** Pulls the tenant id from the X-Tenant-ID header, or says what is wrong with it. */
+export function requireTenantId(header: string | null): string {
+  if (header === null || header === "") {
+    throw new AppError("invalid_request", "the X-Tenant-ID header is required", "x-tenant-id");
+  }
+  if (!idPatterns.tenant.test(header)) {
+    throw new AppError("invalid_request", "the X-Tenant-ID header is not a tenant id", "x-tenant-id");
+  }
+  return header;
+}
+
+export interface Authenticator {
+  /** Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID; returns the tenant id. */
+  authenticate(authorization: string | null, tenantHeader: string | null): Promise<string>;
+}
+
+/**
+ * Results are cached per (tenant, key hash) for `cacheSeconds`: a revoked key stops working on every
+ * instance within that time. Unknown keys are cached too, so a flood of bad keys costs one query
+ * per distinct key per window, not one per request. The cache is keyed by digest, never the key.
+ */
+export function createAuthenticator(store: TenantStore, clock: Clock, cacheSeconds: number): Authenticator {
+  const cache = cacheSeconds > 0 ? new LRUCache<string, { isValid: boolean }>({ max: 50_000, ttl: cacheSeconds * 1000 }) : undefined;
+  const invalid = () => new AppError("invalid_api_key", "the API key is invalid for this tenant");
+
+  return {
+    async authenticate(authorization, tenantHeader) {
+      if (authorization === null || authorization.trim() === "") {
+        throw new AppError("missing_token", "the Authorization header is required");
+      }
+      const match = /^Bearer ([^\s]+)$/i.exec(authorization.trim());
+      const tenantId = requireTenantId(tenantHeader);
+      if (match === null || !secretKeyPattern.test(match[1] as string)) throw invalid();
+      const hash = hashSecret(match[1] as string);
+      const cacheKey = `${tenantId}:${hash.toString("base64")}`;
+      let entry = cache?.get(cacheKey);
+      if (entry === undefined) {
+        const key = await store.findApiKey(tenantId, hash);
+        entry = { isValid: key !== null && (key.revokedAt === null || key.revokedAt > clock.now()) };
+        cache?.set(cacheKey, entry);
+      }
+      if (!entry.isValid) throw invalid();
+      return tenantId;
+    },
+  };
+}

@@ -1,0 +1,36 @@
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { monotonicFactory } from "ulid";
+
+const ulid = monotonicFactory();
+
+/** Ids are a type prefix and a ULID: sortable by creation time, unguessable enough to be public. */
+export function newId(prefix: "ses" | "tnt" | "key" | "at"): string {
+  return `${prefix}_${ulid()}`;
+}
+
+const ulidPattern = "[0-9A-HJKMNP-TV-Z]{26}";
+export const idPatterns = {
+  session: new RegExp(`^ses_${ulidPattern}$`),
+  tenant: new RegExp(`^tnt_${ulidPattern}$`),
+} as const;
+
+/** 32 random bytes (256 bits) behind a prefix, base64url encoded: the shape of every bearer secret. */
+export function newSecret(prefix: "rt_" | "sk_live_" | "sk_test_"): string {
+  return prefix + randomBytes(32).toString("base64url");
+}
+
+/** Secrets are high-entropy, so one SHA-256 is the right hash: fast to check, infeasible to invert. */
+export function hashSecret(secret: string): Buffer {
+  return createHash("sha256").update(secret).digest();
+}
+
+export function hmac(key: Buffer, ...parts: string[]): Buffer {
+  const mac = createHmac("sha256", key);
+  for (const part of parts) mac.update(part).update("\0");
+  return mac.digest();
+}
+
+/** Constant-time comparison; unequal lengths are unequal without looking at the bytes. */
+export function equalBytes(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

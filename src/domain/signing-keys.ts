@@ -1,0 +1,208 @@
+import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { errors as joseErrors, jwtVerify, SignJWT, type JWK, type JWTPayload, type ProtectedHeaderParameters } from "jose";
+import type { Clock } from "./clock.js";
+import type { SigningKeyRecord } from "./model.js";
+import type { SigningKeyStore } from "./ports.js";
+import { newId } from "./secrets.js";
+
+/**
+ * JWKS responses may be cached this long. Rotation publishes a new key at least this far ahead of
+ * signing with it, so every verifier that honours the header has it before its first token.
+ */
+export const jwksMaxAgeSeconds = 300;
+
+/**
+ * A retired key stays published this long after it last signed: the longest access-token TTL a
+ * tenant may configure, so every token it signed has expired before it drops out of JWKS.
+ */
+export const maxAccessTokenTtlSeconds = 24 * 60 * 60;
+
+/** How often an instance re-reads the key table to pick up rotations made elsewhere. */
+const reloadIntervalMs = 30_000;
+/** An unknown `kid` may trigger a reload at most this often, so junk tokens cannot flood the database. */
+const unknownKidReloadMs = 5_000;
+
+/** Allowance for clocks of the signer and the verifier disagreeing. */
+export const clockToleranceSeconds = 30;
+
+interface LoadedKey {
+  record: SigningKeyRecord;
+  publicKey: KeyObject;
+}
+
+export interface KeyRingOptions {
+  store: SigningKeyStore;
+  keyEncryptionKey: Buffer;
+  clock: Clock;
+  issuer: string;
+}
+
+export type AccessTokenClaims = JWTPayload & {
+  sid: string;
+  tenant_id: string;
+  role: string;
+  org_id?: string;
+  mfa_verified: boolean;
+};
+
+export type TokenCheck =
+  | { ok: true; claims: AccessTokenClaims; header: ProtectedHeaderParameters }
+  | { ok: false; code: "token_expired" | "invalid_token"; message: string };
+
+/** AES-256-GCM with the key id as associated data: a ciphertext cannot be moved to another key row. */
+export function encryptPrivateKey(kek: Buffer, kid: string, privateKey: KeyObject): Buffer {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", kek, iv).setAAD(Buffer.from(kid));
+  const der = privateKey.export({ format: "der", type: "pkcs8" });
+  const body = Buffer.concat([cipher.update(der), cipher.final()]);
+  return Buffer.concat([Buffer.from([1]), iv, cipher.getAuthTag(), body]);
+}
+
+export function decryptPrivateKey(kek: Buffer, kid: string, blob: Buffer): KeyObject {
+  if (blob[0] !== 1) throw new Error(`signing key ${kid}: unknown encryption format`);
+  const decipher = createDecipheriv("aes-256-gcm", kek, blob.subarray(1, 13)).setAAD(Buffer.from(kid));
+  decipher.setAuthTag(blob.subarray(13, 29));
+  const der = Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
+  return createPrivateKey({ key: der, format: "der", type: "pkcs8" });
+}
+
+/** Makes a new Ed25519 key record that starts signing at `signsFrom`. */
+export function newSigningKey(kek: Buffer, now: Date, signsFrom: Date): SigningKeyRecord {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const id = newId("key");
+  return {
+    id,
+    publicX: publicKey.export({ format: "jwk" }).x as string,
+    privateKeyEncrypted: encryptPrivateKey(kek, id, privateKey),
+    createdAt: now,
+    signsFrom,
+    retiredAt: null,
+    revokedAt: null,
+  };
+}
+
+/** Keys in JWKS: not revoked, and either still signing or retired recently enough for tokens to live. */
+export function isPublished(k: SigningKeyRecord, now: Date): boolean {
+  if (k.revokedAt !== null) return false;
+  return k.retiredAt === null || k.retiredAt.getTime() + maxAccessTokenTtlSeconds * 1000 > now.getTime();
+}
+
+/** The key to sign with: the newest published key whose signing time has come. */
+export function pickSigningKey(keys: SigningKeyRecord[], now: Date): SigningKeyRecord | undefined {
+  return keys
+    .filter((k) => isPublished(k, now) && k.retiredAt === null && k.signsFrom.getTime() <= now.getTime())
+    .sort((a, b) => b.signsFrom.getTime() - a.signsFrom.getTime() || (a.id < b.id ? 1 : -1))[0];
+}
+
+export interface KeyRing {
+  /** Loads keys, creating the first one if the database has none; then reloads in the background. */
+  start(): Promise<void>;
+  stop(): void;
+  reload(): Promise<void>;
+  jwks(): { keys: JWK[] };
+  sign(claims: AccessTokenClaims, issuedAt: Date, expiresAt: Date): Promise<string>;
+  verify(token: string): Promise<TokenCheck>;
+}
+
+export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRingOptions): KeyRing {
+  let published = new Map<string, LoadedKey>();
+  let signer: { kid: string; privateKey: KeyObject } | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let lastUnknownKidReload = 0;
+
+  async function reload(): Promise<void> {
+    const now = clock.now();
+    const records = await store.listSigningKeys();
+    const next = new Map<string, LoadedKey>();
+    for (const record of records.filter((k) => isPublished(k, now))) {
+      const known = published.get(record.id);
+      next.set(record.id, {
+        record,
+        publicKey: known?.publicKey ?? createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: record.publicX }, format: "jwk" }),
+      });
+    }
+    const pick = pickSigningKey(records, now);
+    if (pick !== undefined && pick.id !== signer?.kid) {
+      signer = { kid: pick.id, privateKey: decryptPrivateKey(keyEncryptionKey, pick.id, pick.privateKeyEncrypted) };
+    } else if (pick === undefined) {
+      signer = undefined;
+    }
+    published = next;
+  }
+
+  async function getKey(header: ProtectedHeaderParameters): Promise<KeyObject> {
+    const kid = header.kid;
+    if (typeof kid !== "string") throw new joseErrors.JWKSNoMatchingKey();
+    let key = published.get(kid);
+    const nowMs = Date.now();
+    if (key === undefined && nowMs - lastUnknownKidReload > unknownKidReloadMs) {
+      lastUnknownKidReload = nowMs;
+      await reload();
+      key = published.get(kid);
+    }
+    if (key === undefined) throw new joseErrors.JWKSNoMatchingKey();
+    return key.publicKey;
+  }
+
+  return {
+    async start() {
+      await reload();
+      if (signer === undefined) {
+        // The very first key may sign at once: no verifier can have cached a JWKS without it.
+        await store.withSigningKeyLock(async () => {
+          await reload();
+          if (signer !== undefined) return;
+          const now = clock.now();
+          await store.insertSigningKey(newSigningKey(keyEncryptionKey, now, now));
+          await reload();
+        });
+      }
+      timer = setInterval(() => void reload().catch(() => undefined), reloadIntervalMs);
+      timer.unref();
+    },
+    stop() {
+      clearInterval(timer);
+    },
+    reload,
+    jwks() {
+      return {
+        keys: [...published.values()].map(({ record }) => ({
+          kty: "OKP",
+          crv: "Ed25519",
+          x: record.publicX,
+          kid: record.id,
+          alg: "EdDSA",
+          use: "sig",
+        })),
+      };
+    },
+    async sign(claims, issuedAt, expiresAt) {
+      if (signer === undefined) throw new Error("no signing key is available");
+      const iat = Math.floor(issuedAt.getTime() / 1000);
+      return new SignJWT(claims)
+        .setProtectedHeader({ alg: "EdDSA", kid: signer.kid, typ: "at+jwt" })
+        .setIssuer(issuer)
+        .setIssuedAt(iat)
+        .setNotBefore(iat)
+        .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
+        .sign(signer.privateKey);
+    },
+    async verify(token) {
+      try {
+        const { payload, protectedHeader } = await jwtVerify<AccessTokenClaims>(token, getKey, {
+          algorithms: ["EdDSA"],
+          typ: "at+jwt",
+          issuer,
+          currentDate: clock.now(),
+          clockTolerance: clockToleranceSeconds,
+          requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "sid", "tenant_id"],
+        });
+        return { ok: true, claims: payload, header: protectedHeader };
+      } catch (err) {
+        if (err instanceof joseErrors.JWTExpired) return { ok: false, code: "token_expired", message: "the access token has expired" };
+        if (err instanceof joseErrors.JOSEError) return { ok: false, code: "invalid_token", message: "the access token is invalid" };
+        throw err;
+      }
+    },
+  };
+}

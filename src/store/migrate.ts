@@ -1,0 +1,52 @@
+import { readdir, readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import type { Pool } from "./db.js";
+
+const migrationsDir = fileURLToPath(new URL("./migrations/", import.meta.url));
+
+/** Long enough for another instance to finish migrating; short enough to fail a stuck start. */
+const lockTimeoutSeconds = 60;
+
+/**
+ * Applies the forward-only SQL migrations in src/store/migrations in name order, each once.
+ * A named lock serialises instances that start together. MySQL commits DDL implicitly, so each
+ * file holds statements that are safe to re-run (IF NOT EXISTS) should a start die half-way.
+ */
+export async function migrate(pool: Pool): Promise<string[]> {
+  const conn = await pool.getConnection();
+  try {
+    const [[lock]] = (await conn.query("SELECT GET_LOCK('sessions_migrate', ?) AS got", [lockTimeoutSeconds])) as unknown as [[{ got: number }]];
+    if (lock.got !== 1) throw new Error("could not take the migration lock");
+    try {
+      await conn.query(
+        `CREATE TABLE IF NOT EXISTS schema_migrations (
+           version VARCHAR(255) NOT NULL PRIMARY KEY,
+           applied_at DATETIME(6) NOT NULL
+         ) ENGINE=InnoDB`,
+      );
+      const [rows] = (await conn.query("SELECT version FROM schema_migrations")) as unknown as [{ version: string }[]];
+      const done = new Set(rows.map((r) => r.version));
+      const files = (await readdir(migrationsDir)).filter((f) => f.endsWith(".sql")).sort();
+      const applied: string[] = [];
+      for (const file of files) {
+        if (done.has(file)) continue;
+        const sql = await readFile(migrationsDir + file, "utf8");
+        for (const statement of splitStatements(sql)) await conn.query(statement);
+        await conn.query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", [file, new Date()]);
+        applied.push(file);
+      }
+      return applied;
+    } finally {
+      await conn.query("SELECT RELEASE_LOCK('sessions_migrate')");
+    }
+  } finally {
+    conn.release();
+  }
+}
+
+function splitStatements(sql: string): string[] {
+  return sql
+    .split(/;\s*$/m)
+    .map((s) => s.replace(/^\s*--.*$/gm, "").trim())
+    .filter((s) => s.length > 0);
+}

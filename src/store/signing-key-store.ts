@@ -1,0 +1,61 @@
+import type { RowDataPacket } from "mysql2/promise";
+import type { SigningKeyRecord } from "../domain/model.js";
+import type { SigningKeyStore } from "../domain/ports.js";
+import { query, translateDriverError, type Pool } from "./db.js";
+
+interface SigningKeyRow extends RowDataPacket {
+  id: string;
+  public_x: string;
+  private_key_encrypted: Buffer;
+  created_at: Date;
+  signs_from: Date;
+  retired_at: Date | null;
+  revoked_at: Date | null;
+}
+
+/** Long enough to wait out another instance creating a key; short enough to fail a stuck start. */
+const lockTimeoutSeconds = 30;
+
+export function createSigningKeyStore(pool: Pool): SigningKeyStore {
+  return {
+    async listSigningKeys() {
+      const rows = await query<SigningKeyRow[]>(
+        pool,
+        "SELECT id, public_x, private_key_encrypted, created_at, signs_from, retired_at, revoked_at FROM signing_keys ORDER BY signs_from, id",
+      );
+      return rows.map((r) => ({
+        id: r.id,
+        publicX: r.public_x,
+        privateKeyEncrypted: r.private_key_encrypted,
+        createdAt: r.created_at,
+        signsFrom: r.signs_from,
+        retiredAt: r.retired_at,
+        revokedAt: r.revoked_at,
+      }));
+    },
+    async insertSigningKey(k: SigningKeyRecord) {
+      await query(
+        pool,
+        "INSERT INTO signing_keys (id, public_x, private_key_encrypted, created_at, signs_from, retired_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [k.id, k.publicX, k.privateKeyEncrypted, k.createdAt, k.signsFrom, k.retiredAt, k.revokedAt],
+      );
+    },
+    async withSigningKeyLock(work) {
+      // GET_LOCK belongs to a connection: hold one for the whole of `work`.
+      const conn = await pool.getConnection().catch((err: unknown) => {
+        throw translateDriverError(err);
+      });
+      try {
+        const [[lock]] = (await conn.query("SELECT GET_LOCK('sessions_signing_key', ?) AS got", [lockTimeoutSeconds])) as unknown as [[{ got: number }]];
+        if (lock.got !== 1) throw new Error("could not take the signing key lock");
+        try {
+          return await work();
+        } finally {
+          await conn.query("SELECT RELEASE_LOCK('sessions_signing_key')");
+        }
+      } finally {
+        conn.release();
+      }
+    },
+  };
+}

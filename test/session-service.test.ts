@@ -1,0 +1,268 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AppError } from "../src/domain/errors.js";
+import type { CreateInput } from "../src/domain/session-service.js";
+import { openServices, type Services } from "../src/services.js";
+import { hashSecret, newId } from "../src/domain/secrets.js";
+import { manualClock } from "./helpers/clock.js";
+import { dropDatabase, testConfig } from "./helpers/db.js";
+
+const clock = manualClock();
+const config = testConfig();
+let services: Services;
+const tenantA = newId("tnt");
+const tenantB = newId("tnt");
+
+const input = (over: Partial<CreateInput> = {}): CreateInput => ({
+  userId: "usr_1",
+  userAgent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)",
+  ipAddress: "203.0.113.42",
+  country: "us",
+  deviceType: undefined,
+  role: "",
+  orgId: undefined,
+  isMfaVerified: false,
+  ...over,
+});
+
+async function expectAppError(promise: Promise<unknown>, code: string, field?: string) {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(AppError);
+  expect((err as AppError).code).toBe(code);
+  if (field !== undefined) expect((err as AppError).field).toBe(field);
+}
+
+beforeAll(async () => {
+  services = await openServices(config, { clock });
+});
+afterAll(async () => {
+  await services.close();
+  await dropDatabase(config.databaseUrl);
+});
+
+describe("create", () => {
+  it("stores the session, derives the device type and returns a verifiable token pair", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    expect(pair.session.id).toMatch(/^ses_[0-9A-Z]{26}$/);
+    expect(pair.session).toMatchObject({ deviceType: "desktop", country: "US", role: "member", orgId: null });
+    expect(pair.refreshToken).toMatch(/^rt_[A-Za-z0-9_-]{43}$/);
+    expect(pair.accessTokenExpiresAt.getTime() - clock.now().getTime()).toBe(15 * 60 * 1000);
+    expect(pair.refreshTokenExpiresAt.getTime() - clock.now().getTime()).toBe(30 * 24 * 3600 * 1000);
+    const stored = await services.sessionService.get(tenantA, pair.session.id);
+    expect(stored).toEqual(pair.session);
+    const verified = await services.sessionService.verify(tenantA, pair.accessToken);
+    expect(verified).toMatchObject({ valid: true, sessionId: pair.session.id, userId: "usr_1", tenantId: tenantA, role: "member" });
+  });
+
+  it.each([
+    [{ userId: "" }, "user_id"],
+    [{ ipAddress: "999.1.1.1" }, "ip_address"],
+    [{ country: "USA" }, "country"],
+    [{ role: "r".repeat(65) }, "role"],
+    [{ userId: "u".repeat(256) }, "user_id"],
+  ])("rejects %o naming %s", async (over, field) => {
+    await expectAppError(services.sessionService.create(tenantA, input(over)), "invalid_request", field);
+  });
+});
+
+describe("get and tenancy", () => {
+  it("treats another tenant's session and malformed ids exactly like missing ones", async () => {
+    const { session } = await services.sessionService.create(tenantA, input());
+    await expectAppError(services.sessionService.get(tenantB, session.id), "session_not_found");
+    await expectAppError(services.sessionService.get(tenantA, "ses_nope"), "session_not_found");
+    await expectAppError(services.sessionService.revoke(tenantB, session.id), "session_not_found");
+    expect((await services.sessionService.get(tenantA, session.id)).revokedAt).toBeNull();
+  });
+
+  it("reports another tenant's token as tenant_mismatch without looking at the session", async () => {
+    const { accessToken } = await services.sessionService.create(tenantA, input());
+    expect(await services.sessionService.verify(tenantB, accessToken)).toMatchObject({ valid: false, code: "tenant_mismatch" });
+  });
+});
+
+describe("list", () => {
+  it("pages newest first with keyset cursors bound to the filters", async () => {
+    const user = `usr_${Date.now()}`;
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push((await services.sessionService.create(tenantA, input({ userId: user }))).session.id);
+      clock.advance(i % 2 === 0 ? 0 : 1); // some share a timestamp: the id breaks the tie
+    }
+    const seen: string[] = [];
+    let cursor = "";
+    let pages = 0;
+    do {
+      const page = await services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor });
+      seen.push(...page.sessions.map((s) => s.id));
+      expect(page.limit).toBe(2);
+      cursor = page.nextCursor ?? "";
+      expect(page.hasMore).toBe(cursor !== "");
+      pages++;
+    } while (cursor !== "");
+    expect(pages).toBe(3);
+    expect(seen).toEqual([...ids].reverse());
+
+    const first = await services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: "" });
+    const next = first.nextCursor as string;
+    await expectAppError(services.sessionService.list(tenantA, { userId: "other", status: undefined, limit: 2, cursor: next }), "invalid_cursor", "cursor");
+    await expectAppError(services.sessionService.list(tenantB, { userId: user, status: undefined, limit: 2, cursor: next }), "invalid_cursor");
+    await expectAppError(services.sessionService.list(tenantA, { userId: user, status: "revoked", limit: 2, cursor: next }), "invalid_cursor");
+    const forged = next.replace(/^cur_./, (m) => (m.endsWith("A") ? "cur_B" : "cur_A"));
+    await expectAppError(services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: forged }), "invalid_cursor");
+    await expectAppError(services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: "garbage" }), "invalid_cursor");
+  });
+
+  it.each([0, 101, -1])("rejects limit %d", async (limit) => {
+    await expectAppError(services.sessionService.list(tenantA, { userId: "", status: undefined, limit, cursor: "" }), "invalid_request", "limit");
+  });
+
+  it("filters by derived status", async () => {
+    const user = `usr_status_${Date.now()}`;
+    const a = await services.sessionService.create(tenantA, input({ userId: user }));
+    const b = await services.sessionService.create(tenantA, input({ userId: user }));
+    await services.sessionService.revoke(tenantA, b.session.id);
+    const list = async (status: "active" | "revoked" | "expired" | undefined) =>
+      (await services.sessionService.list(tenantA, { userId: user, status, limit: 10, cursor: "" })).sessions.map((s) => s.id);
+    expect(await list(undefined)).toEqual([a.session.id]);
+    expect(await list("revoked")).toEqual([b.session.id]);
+    expect(await list("expired")).toEqual([]);
+    clock.advance(31 * 24 * 3600 * 1000);
+    expect(await list("expired")).toEqual([a.session.id]);
+    expect(await list("active")).toEqual([]);
+    clock.advance(-31 * 24 * 3600 * 1000);
+  });
+});
+
+describe("revoke", () => {
+  it("revokes one session; its tokens stop working at once; revoking again is a no-op", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    await services.sessionService.revoke(tenantA, pair.session.id);
+    const session = await services.sessionService.get(tenantA, pair.session.id);
+    expect(session).toMatchObject({ revokeReason: "revoked" });
+    expect(await services.sessionService.verify(tenantA, pair.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
+    await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "session_revoked");
+    await services.sessionService.revoke(tenantA, pair.session.id);
+    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toEqual(session.revokedAt);
+  });
+
+  it("revokes all of a user's sessions, optionally all but one, and counts them", async () => {
+    const user = `usr_all_${Date.now()}`;
+    const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, input({ userId: user }))));
+    const other = await services.sessionService.create(tenantA, input({ userId: `${user}_other` }));
+    const keep = pairs[0]!.session.id;
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep })).toBe(2);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep })).toBe(0);
+    expect((await services.sessionService.get(tenantA, keep)).revokedAt).toBeNull();
+    expect((await services.sessionService.get(tenantA, other.session.id)).revokedAt).toBeNull();
+    expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).revokeReason).toBe("revoked_all");
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: "" })).toBe(1);
+  });
+
+  it("revoke-all catches a session created in the same millisecond", async () => {
+    const tenant = newId("tnt");
+    const before = await services.sessionService.create(tenant, input());
+    const racing = services.sessionService.create(tenant, input());
+    const revoked = await services.sessionService.revokeAll(tenant, { userId: "", exceptSessionId: "" });
+    const created = await racing;
+    const states = await Promise.all([before, created].map((p) => services.sessionService.verify(tenant, p.accessToken)));
+    // Whichever order the two statements ran in, the count matches what was revoked.
+    expect(states.filter((s) => !s.valid).length).toBe(revoked);
+    expect(states[0]).toMatchObject({ valid: false, code: "session_revoked" });
+  });
+});
+
+describe("verify", () => {
+  it("rejects expired tokens and garbage, and requires a token", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    await expectAppError(services.sessionService.verify(tenantA, ""), "invalid_request", "token");
+    expect(await services.sessionService.verify(tenantA, "garbage")).toMatchObject({ valid: false, code: "invalid_token" });
+    expect(await services.sessionService.verify(tenantA, `${pair.accessToken}x`)).toMatchObject({ valid: false, code: "invalid_token" });
+    expect(await services.sessionService.verify(tenantA, "a".repeat(5000))).toMatchObject({ valid: false, code: "invalid_token" });
+    clock.advance(16 * 60 * 1000);
+    expect(await services.sessionService.verify(tenantA, pair.accessToken)).toMatchObject({ valid: false, code: "token_expired" });
+    clock.advance(-16 * 60 * 1000);
+  });
+});
+
+describe("refresh", () => {
+  it("rotates: the new token works, the session's last_active_at moves", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    clock.advance(60_000);
+    const next = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    expect(next.refreshToken).not.toBe(pair.refreshToken);
+    expect(next.session.id).toBe(pair.session.id);
+    expect(next.expiresInSeconds).toBe(900);
+    expect(next.refreshTokenExpiresAt).toEqual(pair.session.expiresAt);
+    expect((await services.sessionService.get(tenantA, pair.session.id)).lastActiveAt).toEqual(clock.now());
+    expect(await services.sessionService.verify(tenantA, next.accessToken)).toMatchObject({ valid: true });
+    const third = await services.sessionService.refresh(tenantA, next.refreshToken);
+    expect(third.session.id).toBe(pair.session.id);
+  });
+
+  it("forgives a retry within the grace window, and treats reuse after it as theft", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    clock.advance(5_000);
+    const retry = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    expect(retry.session.id).toBe(pair.session.id);
+    // The retry retired the first successor: one live token remains.
+    clock.advance(11_000);
+    await expectAppError(services.sessionService.refresh(tenantA, first.refreshToken), "refresh_token_invalid");
+    const session = await services.sessionService.get(tenantA, pair.session.id);
+    expect(session.revokeReason).toBe("refresh_token_reuse");
+    await expectAppError(services.sessionService.refresh(tenantA, retry.refreshToken), "session_revoked");
+    expect(await services.sessionService.verify(tenantA, retry.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
+  });
+
+  it("rejects unknown, malformed and other tenants' refresh tokens without touching the session", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    await expectAppError(services.sessionService.refresh(tenantB, pair.refreshToken), "refresh_token_invalid");
+    await expectAppError(services.sessionService.refresh(tenantA, "rt_nope"), "refresh_token_invalid");
+    await expectAppError(services.sessionService.refresh(tenantA, ""), "invalid_request", "refresh_token");
+    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toBeNull();
+    await services.sessionService.refresh(tenantA, pair.refreshToken);
+  });
+
+  it("refuses after the session's absolute expiry", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    clock.advance(30 * 24 * 3600 * 1000 + 1);
+    await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "refresh_token_expired");
+    clock.advance(-(30 * 24 * 3600 * 1000 + 1));
+  });
+
+  it.each([2, 5, 20])("%d concurrent refreshes of one token leave exactly one live successor", async (n) => {
+    const pair = await services.sessionService.create(tenantA, input());
+    const results = await Promise.allSettled(Array.from({ length: n }, () => services.sessionService.refresh(tenantA, pair.refreshToken)));
+    const successes = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    // Every concurrent call is within the grace window: all succeed, none is a 5xx.
+    expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+    expect(successes.length).toBe(n);
+    // Exactly one refresh token of the session is live, and it is one of those handed out.
+    const [rows] = (await services.pool.query(
+      "SELECT token_hash FROM refresh_tokens WHERE tenant_id = ? AND session_id = ? AND rotated_at IS NULL",
+      [tenantA, pair.session.id],
+    )) as unknown as [{ token_hash: Buffer }[]];
+    expect(rows.length).toBe(1);
+    const live = successes.find((s) => hashSecret(s.refreshToken).equals(rows[0]!.token_hash));
+    expect(live).toBeDefined();
+    clock.advance(11_000);
+    await services.sessionService.refresh(tenantA, live!.refreshToken);
+    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toBeNull();
+  });
+
+  it("a refresh racing a revoke leaves nothing usable", async () => {
+    const pair = await services.sessionService.create(tenantA, input());
+    const [refreshed] = await Promise.allSettled([
+      services.sessionService.refresh(tenantA, pair.refreshToken),
+      services.sessionService.revoke(tenantA, pair.session.id),
+    ]);
+    if (refreshed.status === "fulfilled") {
+      expect(await services.sessionService.verify(tenantA, refreshed.value.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
+      await expectAppError(services.sessionService.refresh(tenantA, refreshed.value.refreshToken), "session_revoked");
+    } else {
+      expect((refreshed.reason as AppError).code).toBe("session_revoked");
+    }
+  });
+});
