@@ -1,0 +1,211 @@
+import type { IncomingHttpHeaders } from "node:http";
+import {
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type Message,
+  type MessageInitShape,
+  create,
+  getOption,
+  hasOption,
+} from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  type HandlerContext,
+  type ServiceImpl,
+  createContextValues,
+  createHandlerContext,
+} from "@connectrpc/connect";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { http } from "../../gen/google/api/annotations_pb.js";
+import { http_success_code } from "../../gen/sessions/v1/options_pb.js";
+import { AppError } from "../domain/errors.js";
+import { toPublicError } from "./error-codes.js";
+import { type RestParams, fromRestJson, fromRestParams, toRestJson } from "./rest-json.js";
+
+export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+
+/** One REST endpoint, derived from an RPC's google.api.http option. */
+export interface RestRoute {
+  httpMethod: HttpMethod;
+  /** The google.api.http path template, e.g. "/v1/sessions/{id}". */
+  template: string;
+  /** The same path in fastify's form, e.g. "/v1/sessions/:id". */
+  url: string;
+  method: DescMethod;
+  /** "" (no body), "*" (the whole request message) or the name of the request field the body fills. */
+  body: string;
+  /** "" (the whole response message) or the name of the response field that is the body. */
+  responseBody: string;
+  successCode: number;
+}
+
+/** The REST routes of a service's annotated RPCs; throws on a mapping this transcoder does not support. */
+export function restRoutesOf(service: DescService): RestRoute[] {
+  return service.methods.filter((method) => hasOption(method, http)).map(routeOf);
+}
+
+function routeOf(method: DescMethod): RestRoute {
+  const rule = getOption(method, http);
+  const badRule = (why: string) => new Error(`${method.parent.typeName}.${method.name}: ${why}`);
+  const { pattern } = rule;
+  if (pattern.case === undefined || pattern.case === "custom") {
+    throw badRule("google.api.http needs get, put, post, patch or delete");
+  }
+  if (method.methodKind !== "unary") throw badRule("only unary RPCs can have a REST mapping");
+  if (rule.additionalBindings.length > 0) throw badRule("additional_bindings are not supported");
+  const httpMethod = pattern.case.toUpperCase() as HttpMethod;
+  const template = pattern.value;
+  const pathFields = new Set<string>();
+  const [root, ...segments] = template.split("/");
+  if (root !== "" || segments.length === 0) throw badRule(`path template "${template}" must start with "/"`);
+  const url = segments.map((segment) => {
+    const name = /^\{(\w+)\}$/.exec(segment)?.[1];
+    if (name === undefined) {
+      if (/^[\w.~-]+$/.test(segment)) return segment;
+      throw badRule(`unsupported path segment "${segment}" in "${template}" (only literals and {field})`);
+    }
+    const field = method.input.fields.find((f) => f.name === name);
+    if (field?.fieldKind !== "scalar" && field?.fieldKind !== "enum") {
+      throw badRule(`path variable {${name}} is not a singular scalar field`);
+    }
+    if (pathFields.has(name)) throw badRule(`path variable {${name}} appears twice`);
+    pathFields.add(name);
+    return `:${name}`;
+  });
+  const { body, responseBody } = rule;
+  if (body !== "" && (httpMethod === "GET" || httpMethod === "DELETE")) throw badRule(`${httpMethod} cannot have a body`);
+  if (body !== "" && body !== "*" && (!method.input.fields.some((f) => f.name === body) || pathFields.has(body))) {
+    throw badRule(`body "${body}" is not a request field outside the path`);
+  }
+  if (responseBody !== "" && !method.output.fields.some((f) => f.name === responseBody)) {
+    throw badRule(`response_body "${responseBody}" is not a response field`);
+  }
+  const successCode = getOption(method, http_success_code) || 200;
+  if (successCode < 200 || successCode > 299) throw badRule(`http_success_code ${successCode} is not a 2xx status`);
+  return { httpMethod, template, url: `/${url.join("/")}`, method, body, responseBody, successCode };
+}
+
+type UnaryHandler = (
+  request: Message,
+  ctx: HandlerContext,
+) => Promise<MessageInitShape<DescMessage>> | MessageInitShape<DescMessage>;
+
+/**
+ * Serves the service's annotated RPCs as REST JSON, calling the same implementation object the
+ * Connect router gets. Routes live in their own fastify scope, which reads only JSON bodies
+ * (anything else is 415) and answers every failure with the REST error envelope.
+ */
+export function registerRest<S extends DescService>(
+  app: FastifyInstance,
+  opts: { service: S; impl: Partial<ServiceImpl<S>> },
+): void {
+  const routes = restRoutesOf(opts.service);
+  app.register(async (scope) => {
+    scope.setErrorHandler(restErrorHandler);
+    scope.removeAllContentTypeParsers();
+    // Plain JSON.parse is safe: bodies only reach fromRestJson, which copies known fields only.
+    scope.addContentTypeParser<string>("application/json", { parseAs: "string" }, (_request, body, done) => {
+      if (body === "") return done(null, {}); // an empty body is an empty request message
+      try {
+        done(null, JSON.parse(body));
+      } catch {
+        done(new AppError("invalid_request", "malformed JSON body"));
+      }
+    });
+    for (const route of routes) {
+      scope.route({ method: route.httpMethod, url: route.url, handler: restHandler(route, opts.impl) });
+    }
+  });
+}
+
+function restHandler(route: RestRoute, impl: object) {
+  const { method, body } = route;
+  const handler = (impl as Record<string, UnaryHandler | undefined>)[method.localName];
+  const pathFields = new Set(route.url.split("/").filter((s) => s.startsWith(":")).map((s) => s.slice(1)));
+  const boundFields = new Set([...pathFields, ...(body === "*" ? method.input.fields.map((f) => f.name) : body ? [body] : [])]);
+
+  return async (request: FastifyRequest, reply: FastifyReply) => {
+    // As in connect-node: the response's close event, not the request's (which fires once the
+    // body is read), tells that the client went away.
+    const disconnected = new AbortController();
+    reply.raw.once("close", () => disconnected.abort());
+    const ctx = createHandlerContext({
+      service: method.parent,
+      method,
+      protocolName: "rest",
+      requestMethod: request.method,
+      url: `${request.protocol}://${request.host}${request.url}`,
+      requestHeader: headersOf(request.headers),
+      requestSignal: disconnected.signal,
+      contextValues: createContextValues(),
+    });
+    let output: Message;
+    try {
+      const bodyJson = body === "*" ? (request.body ?? {}) : body ? { [body]: request.body ?? null } : {};
+      const input = fromRestJson(method.input, bodyJson, { exclude: pathFields });
+      fromRestParams(method.input, request.query as RestParams, { into: input, exclude: boundFields });
+      fromRestParams(method.input, request.params as RestParams, { into: input });
+      if (!handler) throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+      output = create(method.output, await handler.call(impl, input, ctx));
+    } finally {
+      // As in Connect, headers the handler set go out with errors too.
+      ctx.responseHeader.forEach((value, key) => reply.header(key, value));
+      ctx.abort();
+    }
+    if (route.successCode === 204) return reply.code(204).send();
+    const json = toRestJson(method.output, output);
+    return sendJson(reply, route.successCode, route.responseBody ? (json[route.responseBody] ?? null) : json);
+  };
+}
+
+/** For app.setErrorHandler: fastify's own failures (body parsing, limits) and anything a route throws. */
+export function restErrorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return sendError(request, reply, fromFastify(error));
+}
+
+/** For app.setNotFoundHandler. */
+export function restNotFoundHandler(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return sendError(request, reply, new AppError("not_found", "no such endpoint"));
+}
+
+/** The one place REST error bodies are built. Internal details only ever reach the log. */
+function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): FastifyReply {
+  const { cause, code, message, status } = toPublicError(err);
+  if (cause !== undefined) request.log.error({ err: cause }, "request failed");
+  return sendJson(reply, status, { error: { code, message, status, request_id: request.id } });
+}
+
+function fromFastify(error: FastifyError): unknown {
+  const status = error.statusCode;
+  if (status === undefined || status < 400 || status > 499) return error;
+  switch (error.code) {
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+      return new AppError("invalid_request", "malformed JSON body");
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return new AppError("invalid_request", "empty JSON body");
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return new AppError("payload_too_large", "request body is too large");
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return new AppError("unsupported_media_type", "unsupported content type; send application/json");
+    case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+      return new AppError("invalid_request", "request body size does not match Content-Length");
+    default:
+      return new AppError("invalid_request", "invalid request");
+  }
+}
+
+function sendJson(reply: FastifyReply, status: number, json: unknown): FastifyReply {
+  return reply.code(status).type("application/json; charset=utf-8").send(JSON.stringify(json));
+}
+
+function headersOf(incoming: IncomingHttpHeaders): Headers {
+  const headers = new Headers();
+  for (const [key, value] of Object.entries(incoming)) {
+    // HTTP/2 pseudo-headers are not valid header names.
+    if (key.startsWith(":") || value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) headers.append(key, v);
+  }
+  return headers;
+}
