@@ -2,10 +2,12 @@ import { hkdfSync } from "node:crypto";
 import type { Config } from "./config.js";
 import { createAuthenticator, type Authenticator } from "./domain/api-keys.js";
 import { systemClock, type Clock } from "./domain/clock.js";
+import { createPolicySource } from "./domain/policy.js";
 import { createSessionService, type SessionService } from "./domain/session-service.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { openDatabase, type Pool } from "./store/db.js";
 import { migrate } from "./store/migrate.js";
+import { createPolicyStore } from "./store/policy-store.js";
 import { createSessionStore } from "./store/session-store.js";
 import { createSigningKeyStore } from "./store/signing-key-store.js";
 import { createTenantStore } from "./store/tenant-store.js";
@@ -38,7 +40,14 @@ export async function openServices(config: Config, { clock = systemClock }: { cl
       pool,
       clock,
       keyRing,
-      sessionService: createSessionService({ sessions: createSessionStore(pool), keys: keyRing, clock, cursorKey }),
+      sessionService: createSessionService({
+        sessions: createSessionStore(pool),
+        keys: keyRing,
+        clock,
+        cursorKey,
+        // Policy changes reach every instance within the same window as API-key revocations.
+        policies: createPolicySource(createPolicyStore(pool), config.apiKeyCacheSeconds),
+      }),
       authenticator: createAuthenticator(createTenantStore(pool), clock, config.apiKeyCacheSeconds),
       async close() {
         keyRing.stop();

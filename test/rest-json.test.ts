@@ -64,6 +64,7 @@ describe("toRestJson", () => {
       mfa_verified: false,
       revoked_at: "2024-01-16T00:00:00Z",
       revoke_reason: "refresh_token_reuse",
+      revoked_by: null,
     });
   });
 

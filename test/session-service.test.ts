@@ -72,7 +72,7 @@ describe("get and tenancy", () => {
     const { session } = await services.sessionService.create(tenantA, input());
     await expectAppError(services.sessionService.get(tenantB, session.id), "session_not_found");
     await expectAppError(services.sessionService.get(tenantA, "ses_nope"), "session_not_found");
-    await expectAppError(services.sessionService.revoke(tenantB, session.id), "session_not_found");
+    await expectAppError(services.sessionService.revoke(tenantB, session.id, null), "session_not_found");
     expect((await services.sessionService.get(tenantA, session.id)).revokedAt).toBeNull();
   });
 
@@ -122,7 +122,7 @@ describe("list", () => {
     const user = `usr_status_${Date.now()}`;
     const a = await services.sessionService.create(tenantA, input({ userId: user }));
     const b = await services.sessionService.create(tenantA, input({ userId: user }));
-    await services.sessionService.revoke(tenantA, b.session.id);
+    await services.sessionService.revoke(tenantA, b.session.id, null);
     const list = async (status: "active" | "revoked" | "expired" | undefined) =>
       (await services.sessionService.list(tenantA, { userId: user, status, limit: 10, cursor: "" })).sessions.map((s) => s.id);
     expect(await list(undefined)).toEqual([a.session.id]);
@@ -138,12 +138,12 @@ describe("list", () => {
 describe("revoke", () => {
   it("revokes one session; its tokens stop working at once; revoking again is a no-op", async () => {
     const pair = await services.sessionService.create(tenantA, input());
-    await services.sessionService.revoke(tenantA, pair.session.id);
+    await services.sessionService.revoke(tenantA, pair.session.id, null);
     const session = await services.sessionService.get(tenantA, pair.session.id);
     expect(session).toMatchObject({ revokeReason: "revoked" });
     expect(await services.sessionService.verify(tenantA, pair.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
     await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "session_revoked");
-    await services.sessionService.revoke(tenantA, pair.session.id);
+    await services.sessionService.revoke(tenantA, pair.session.id, null);
     expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toEqual(session.revokedAt);
   });
 
@@ -152,19 +152,19 @@ describe("revoke", () => {
     const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, input({ userId: user }))));
     const other = await services.sessionService.create(tenantA, input({ userId: `${user}_other` }));
     const keep = pairs[0]!.session.id;
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep })).toBe(2);
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep })).toBe(0);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(2);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(0);
     expect((await services.sessionService.get(tenantA, keep)).revokedAt).toBeNull();
     expect((await services.sessionService.get(tenantA, other.session.id)).revokedAt).toBeNull();
     expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).revokeReason).toBe("revoked_all");
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: "" })).toBe(1);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: "" }, null)).toBe(1);
   });
 
   it("revoke-all catches a session created in the same millisecond", async () => {
     const tenant = newId("tnt");
     const before = await services.sessionService.create(tenant, input());
     const racing = services.sessionService.create(tenant, input());
-    const revoked = await services.sessionService.revokeAll(tenant, { userId: "", exceptSessionId: "" });
+    const revoked = await services.sessionService.revokeAll(tenant, { userId: "", exceptSessionId: "" }, null);
     const created = await racing;
     const states = await Promise.all([before, created].map((p) => services.sessionService.verify(tenant, p.accessToken)));
     // Whichever order the two statements ran in, the count matches what was revoked.
@@ -256,7 +256,7 @@ describe("refresh", () => {
     const pair = await services.sessionService.create(tenantA, input());
     const [refreshed] = await Promise.allSettled([
       services.sessionService.refresh(tenantA, pair.refreshToken),
-      services.sessionService.revoke(tenantA, pair.session.id),
+      services.sessionService.revoke(tenantA, pair.session.id, null),
     ]);
     if (refreshed.status === "fulfilled") {
       expect(await services.sessionService.verify(tenantA, refreshed.value.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });

@@ -32,9 +32,15 @@ export function requireTenantId(header: string | null): string {
   return header;
 }
 
+/** Who is calling: a tenant, and the API key it used (none for the public refresh RPC). */
+export interface Caller {
+  tenantId: string;
+  keyId: string | null;
+}
+
 export interface Authenticator {
-  /** Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID; returns the tenant id. */
-  authenticate(authorization: string | null, tenantHeader: string | null): Promise<string>;
+  /** Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID. */
+  authenticate(authorization: string | null, tenantHeader: string | null): Promise<Caller>;
 }
 
 /**
@@ -43,7 +49,7 @@ export interface Authenticator {
  * per distinct key per window, not one per request. The cache is keyed by digest, never the key.
  */
 export function createAuthenticator(store: TenantStore, clock: Clock, cacheSeconds: number): Authenticator {
-  const cache = cacheSeconds > 0 ? new LRUCache<string, { isValid: boolean }>({ max: 50_000, ttl: cacheSeconds * 1000 }) : undefined;
+  const cache = cacheSeconds > 0 ? new LRUCache<string, { keyId: string | null }>({ max: 50_000, ttl: cacheSeconds * 1000 }) : undefined;
   const invalid = () => new AppError("invalid_api_key", "the API key is invalid for this tenant");
 
   return {
@@ -59,11 +65,11 @@ export function createAuthenticator(store: TenantStore, clock: Clock, cacheSecon
       let entry = cache?.get(cacheKey);
       if (entry === undefined) {
         const key = await store.findApiKey(tenantId, hash);
-        entry = { isValid: key !== null && (key.revokedAt === null || key.revokedAt > clock.now()) };
+        entry = { keyId: key !== null && (key.revokedAt === null || key.revokedAt > clock.now()) ? key.id : null };
         cache?.set(cacheKey, entry);
       }
-      if (!entry.isValid) throw invalid();
-      return tenantId;
+      if (entry.keyId === null) throw invalid();
+      return { tenantId, keyId: entry.keyId };
     },
   };
 }

@@ -2,7 +2,9 @@ import type {
   ApiKey,
   PageAfter,
   RefreshTokenRecord,
+  RevokeReason,
   Session,
+  SessionPolicy,
   SessionStatus,
   SigningKeyRecord,
   Tenant,
@@ -13,12 +15,17 @@ import type {
  * Every method that touches tenant data takes the tenant id first.
  */
 export interface SessionStore {
-  insertSession(session: Session, refreshTokenHash: Buffer): Promise<void>;
+  /**
+   * Inserts a session and its first refresh token. With a cap, first revokes (reason
+   * session_limit) the user's oldest active sessions so that at most `cap` remain with the new one;
+   * concurrent creates for one user are serialised on that user's rows.
+   */
+  insertSession(session: Session, refreshTokenHash: Buffer, cap: number | null): Promise<void>;
   getSession(tenantId: string, id: string): Promise<Session | null>;
   listSessions(tenantId: string, query: ListQuery): Promise<Session[]>;
   /** Revokes one session unless already revoked; null when it does not exist. */
-  revokeSession(tenantId: string, id: string, now: Date, reason: RevokeReason): Promise<Session | null>;
-  revokeSessions(tenantId: string, filter: RevokeFilter, now: Date, reason: RevokeReason): Promise<number>;
+  revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<Session | null>;
+  revokeSessions(tenantId: string, filter: RevokeFilter, revocation: Revocation): Promise<number>;
   /**
    * Locks the presented refresh token and its session, lets `decide` choose, and applies the
    * choice atomically. Concurrent calls for one token are serialised by the row lock.
@@ -26,7 +33,12 @@ export interface SessionStore {
   refresh(tenantId: string, presentedHash: Buffer, newHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
 }
 
-export type RevokeReason = NonNullable<Session["revokeReason"]>;
+export interface Revocation {
+  now: Date;
+  reason: RevokeReason;
+  /** Who asked, when known (an API key id). */
+  by: string | null;
+}
 
 export interface ListQuery {
   userId?: string;
@@ -42,7 +54,7 @@ export interface RevokeFilter {
 }
 
 export type RefreshDecision =
-  | { action: "rotate" }
+  | { action: "rotate"; idleExpiresAt: Date | null }
   | { action: "revoke"; reason: RevokeReason; error: RefreshError }
   | { action: "reject"; error: RefreshError };
 
@@ -65,9 +77,18 @@ export interface TenantStore {
   findApiKey(tenantId: string, hash: Buffer): Promise<ApiKey | null>;
 }
 
+export interface PolicyStore {
+  getPolicy(tenantId: string): Promise<SessionPolicy | null>;
+  putPolicy(tenantId: string, policy: SessionPolicy, now: Date): Promise<void>;
+}
+
 export interface SigningKeyStore {
   listSigningKeys(): Promise<SigningKeyRecord[]>;
   insertSigningKey(key: SigningKeyRecord): Promise<void>;
+  /** Marks when a key stops signing (it stays published for the longest token lifetime after). */
+  retireSigningKey(id: string, at: Date): Promise<void>;
+  /** Withdraws a key at once: it leaves JWKS and its tokens stop verifying. */
+  revokeSigningKey(id: string, at: Date): Promise<boolean>;
   /** Runs `work` holding a lock shared by every instance, so two instances never both create a key. */
   withSigningKeyLock<T>(work: () => Promise<T>): Promise<T>;
 }

@@ -3,22 +3,11 @@ import type { Clock } from "./clock.js";
 import { decodeCursor, encodeCursor } from "./cursor.js";
 import { deviceTypeFromUserAgent } from "./device-type.js";
 import { AppError } from "./errors.js";
-import { statusOf, type DeviceType, type Session, type SessionStatus } from "./model.js";
+import { statusOf, type DeviceType, type Session, type SessionPolicy, type SessionStatus } from "./model.js";
+import type { PolicySource } from "./policy.js";
 import type { RefreshDecider, SessionStore } from "./ports.js";
 import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
 import type { KeyRing } from "./signing-keys.js";
-
-export interface SessionPolicy {
-  accessTokenTtlSeconds: number;
-  sessionLifetimeSeconds: number;
-  refreshGraceSeconds: number;
-}
-
-export const defaultPolicy: SessionPolicy = {
-  accessTokenTtlSeconds: 15 * 60,
-  sessionLifetimeSeconds: 30 * 24 * 60 * 60,
-  refreshGraceSeconds: 10,
-};
 
 export interface SessionServiceDeps {
   sessions: SessionStore;
@@ -26,7 +15,7 @@ export interface SessionServiceDeps {
   clock: Clock;
   /** Key for the MACs on pagination cursors. */
   cursorKey: Buffer;
-  policy?: SessionPolicy;
+  policies: PolicySource;
 }
 
 export interface ListInput {
@@ -78,9 +67,10 @@ const maxLimit = 100;
 
 export type SessionService = ReturnType<typeof createSessionService>;
 
-export function createSessionService({ sessions, keys, clock, cursorKey, policy = defaultPolicy }: SessionServiceDeps) {
-  async function issueAccessToken(session: Session, now: Date) {
-    const expiresAt = new Date(now.getTime() + policy.accessTokenTtlSeconds * 1000);
+export function createSessionService({ sessions, keys, clock, cursorKey, policies }: SessionServiceDeps) {
+  /** An access token never outlives its session's absolute expiry. */
+  async function issueAccessToken(session: Session, now: Date, policy: SessionPolicy) {
+    const expiresAt = new Date(Math.min(now.getTime() + policy.accessTokenTtlSeconds * 1000, session.expiresAt.getTime()));
     const accessToken = await keys.sign(
       {
         sub: session.userId,
@@ -126,22 +116,22 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policy 
       return session;
     },
 
-    async revoke(tenantId: string, id: string): Promise<void> {
+    /** `by` is who asked (an API key id), recorded on the session. */
+    async revoke(tenantId: string, id: string, by: string | null): Promise<void> {
       const revoked = idPatterns.session.test(id)
-        ? await sessions.revokeSession(tenantId, id, clock.now(), "revoked")
+        ? await sessions.revokeSession(tenantId, id, { now: clock.now(), reason: "revoked", by })
         : null;
       if (revoked === null) throw sessionNotFound();
     },
 
-    async revokeAll(tenantId: string, filter: { userId: string; exceptSessionId: string }): Promise<number> {
+    async revokeAll(tenantId: string, filter: { userId: string; exceptSessionId: string }, by: string | null): Promise<number> {
       return sessions.revokeSessions(
         tenantId,
         {
           userId: filter.userId === "" ? undefined : checkLength("user_id", filter.userId, 255),
           exceptSessionId: filter.exceptSessionId === "" ? undefined : filter.exceptSessionId,
         },
-        clock.now(),
-        "revoked_all",
+        { now: clock.now(), reason: "revoked_all", by },
       );
     },
 
@@ -180,6 +170,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policy 
       if (country !== "" && !/^[A-Z]{2}$/.test(country)) {
         throw new AppError("invalid_request", "country must be an ISO 3166-1 alpha-2 code", "country");
       }
+      const policy = await policies.policyFor(tenantId);
       const now = clock.now();
       const userAgent = input.userAgent.slice(0, 1024);
       const session: Session = {
@@ -196,12 +187,14 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policy 
         createdAt: now,
         lastActiveAt: now,
         expiresAt: new Date(now.getTime() + policy.sessionLifetimeSeconds * 1000),
+        idleExpiresAt: idleExpiry(now, policy),
         revokedAt: null,
         revokeReason: null,
+        revokedBy: null,
       };
       const refreshToken = newSecret("rt_");
-      await sessions.insertSession(session, hashSecret(refreshToken));
-      const { accessToken, accessTokenExpiresAt } = await issueAccessToken(session, now);
+      await sessions.insertSession(session, hashSecret(refreshToken), policy.maxSessionsPerUser);
+      const { accessToken, accessTokenExpiresAt } = await issueAccessToken(session, now, policy);
       return { session, accessToken, refreshToken, accessTokenExpiresAt, refreshTokenExpiresAt: session.expiresAt };
     },
 
@@ -210,18 +203,19 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policy 
       if (!/^rt_[A-Za-z0-9_-]{43}$/.test(refreshToken)) {
         throw new AppError("refresh_token_invalid", "the refresh token is invalid");
       }
+      const policy = await policies.policyFor(tenantId);
       const now = clock.now();
       const next = newSecret("rt_");
       const result = await sessions.refresh(tenantId, hashSecret(refreshToken), hashSecret(next), now, decideRefresh(now, policy));
       if (!result.ok) throw new AppError(result.error, refreshErrorMessages[result.error]);
-      const { accessToken, accessTokenExpiresAt } = await issueAccessToken(result.session, now);
+      const { accessToken, accessTokenExpiresAt } = await issueAccessToken(result.session, now, policy);
       return {
         session: result.session,
         accessToken,
         refreshToken: next,
         accessTokenExpiresAt,
         refreshTokenExpiresAt: result.session.expiresAt,
-        expiresInSeconds: policy.accessTokenTtlSeconds,
+        expiresInSeconds: Math.round((accessTokenExpiresAt.getTime() - now.getTime()) / 1000),
       };
     },
   };
@@ -235,8 +229,8 @@ const refreshErrorMessages = {
 
 /**
  * The refresh rules, as a pure function of the locked token and session rows:
- * - an ended session refuses (revoked: session_revoked; expired: refresh_token_expired);
- * - a live token rotates;
+ * - an ended session refuses (revoked: session_revoked; expired or idle: refresh_token_expired);
+ * - a live token rotates, moving the idle expiry;
  * - a rotated token whose successor is still live, presented within the grace window after its
  *   rotation, is a retry (lost response, two tabs): it rotates again, retiring that successor;
  * - any other rotated token is reuse: the session is revoked and the request fails.
@@ -246,11 +240,16 @@ export function decideRefresh(now: Date, policy: SessionPolicy): RefreshDecider 
     const status = statusOf(session, now);
     if (status === "revoked") return { action: "reject", error: "session_revoked" };
     if (status === "expired") return { action: "reject", error: "refresh_token_expired" };
-    if (token.rotatedAt === null) return { action: "rotate" };
+    const rotate = { action: "rotate", idleExpiresAt: idleExpiry(now, policy) } as const;
+    if (token.rotatedAt === null) return rotate;
     const isWithinGrace = now.getTime() - token.rotatedAt.getTime() <= policy.refreshGraceSeconds * 1000;
-    if (isWithinGrace && token.isSuccessorLive) return { action: "rotate" };
+    if (isWithinGrace && token.isSuccessorLive) return rotate;
     return { action: "revoke", reason: "refresh_token_reuse", error: "refresh_token_invalid" };
   };
+}
+
+function idleExpiry(now: Date, policy: SessionPolicy): Date | null {
+  return policy.idleTimeoutSeconds === null ? null : new Date(now.getTime() + policy.idleTimeoutSeconds * 1000);
 }
 
 function checkLength(field: string, value: string, max: number): string {

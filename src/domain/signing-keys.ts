@@ -17,8 +17,17 @@ export const jwksMaxAgeSeconds = 300;
  */
 export const maxAccessTokenTtlSeconds = 24 * 60 * 60;
 
-/** How often an instance re-reads the key table to pick up rotations made elsewhere. */
-const reloadIntervalMs = 30_000;
+/**
+ * A rotation publishes its new key this long before the key signs: twice the JWKS max-age, so a
+ * verifier that fetched JWKS just before the rotation has refetched it once more before it matters.
+ */
+export const rotationLeadSeconds = 2 * jwksMaxAgeSeconds;
+
+/**
+ * How often an instance re-reads the key table, picking up rotations and emergency revocations made
+ * elsewhere: the bound on how long a revoked key may still verify on another instance.
+ */
+export const reloadIntervalMs = 5_000;
 /** An unknown `kid` may trigger a reload at most this often, so junk tokens cannot flood the database. */
 const unknownKidReloadMs = 5_000;
 
@@ -87,11 +96,46 @@ export function isPublished(k: SigningKeyRecord, now: Date): boolean {
   return k.retiredAt === null || k.retiredAt.getTime() + maxAccessTokenTtlSeconds * 1000 > now.getTime();
 }
 
-/** The key to sign with: the newest published key whose signing time has come. */
+/** The key to sign with: the newest published key whose signing time has come and that is not retired. */
 export function pickSigningKey(keys: SigningKeyRecord[], now: Date): SigningKeyRecord | undefined {
   return keys
-    .filter((k) => isPublished(k, now) && k.retiredAt === null && k.signsFrom.getTime() <= now.getTime())
+    .filter((k) => isPublished(k, now) && k.signsFrom <= now && (k.retiredAt === null || k.retiredAt > now))
     .sort((a, b) => b.signsFrom.getTime() - a.signsFrom.getTime() || (a.id < b.id ? 1 : -1))[0];
+}
+
+/**
+ * Schedules the next signing key: published now, signing from now + rotationLeadSeconds, when the
+ * current key retires. Under the cross-instance lock, a key already scheduled is returned instead of
+ * making a second one, so two instances rotating at once produce one key.
+ */
+export async function rotateSigningKey(store: SigningKeyStore, kek: Buffer, now: Date): Promise<{ key: SigningKeyRecord; isNew: boolean }> {
+  return store.withSigningKeyLock(async () => {
+    const keys = await store.listSigningKeys();
+    const pending = keys.find((k) => k.revokedAt === null && k.signsFrom > now);
+    if (pending !== undefined) return { key: pending, isNew: false };
+    // With no key signing yet there is nothing to hand over from: the new key signs at once.
+    const current = pickSigningKey(keys, now);
+    const signsFrom = current ? new Date(now.getTime() + rotationLeadSeconds * 1000) : now;
+    const key = newSigningKey(kek, now, signsFrom);
+    await store.insertSigningKey(key);
+    for (const k of keys) if (k.revokedAt === null && k.retiredAt === null) await store.retireSigningKey(k.id, signsFrom);
+    return { key, isNew: true };
+  });
+}
+
+/**
+ * Emergency revocation: the key leaves JWKS and its tokens stop verifying (on every instance within
+ * reloadIntervalMs). If no usable signing key is left, one is made that signs at once: without lead
+ * time, verifiers refetch JWKS when they meet its unknown kid.
+ */
+export async function revokeSigningKey(store: SigningKeyStore, kek: Buffer, id: string, now: Date): Promise<boolean> {
+  return store.withSigningKeyLock(async () => {
+    if (!(await store.revokeSigningKey(id, now))) return false;
+    if (pickSigningKey(await store.listSigningKeys(), now) === undefined) {
+      await store.insertSigningKey(newSigningKey(kek, now, now));
+    }
+    return true;
+  });
 }
 
 export interface KeyRing {
@@ -106,7 +150,7 @@ export interface KeyRing {
 
 export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRingOptions): KeyRing {
   let published = new Map<string, LoadedKey>();
-  let signer: { kid: string; privateKey: KeyObject } | undefined;
+  const privateKeys = new Map<string, KeyObject>();
   let timer: NodeJS.Timeout | undefined;
   let lastUnknownKidReload = 0;
 
@@ -121,13 +165,19 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
         publicKey: known?.publicKey ?? createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: record.publicX }, format: "jwk" }),
       });
     }
-    const pick = pickSigningKey(records, now);
-    if (pick !== undefined && pick.id !== signer?.kid) {
-      signer = { kid: pick.id, privateKey: decryptPrivateKey(keyEncryptionKey, pick.id, pick.privateKeyEncrypted) };
-    } else if (pick === undefined) {
-      signer = undefined;
-    }
     published = next;
+  }
+
+  /** Picked at each signing from the keys this instance publishes, so it never signs with another. */
+  function currentSigner(): { kid: string; privateKey: KeyObject } | undefined {
+    const pick = pickSigningKey([...published.values()].map((k) => k.record), clock.now());
+    if (pick === undefined) return undefined;
+    let privateKey = privateKeys.get(pick.id);
+    if (privateKey === undefined) {
+      privateKey = decryptPrivateKey(keyEncryptionKey, pick.id, pick.privateKeyEncrypted);
+      privateKeys.set(pick.id, privateKey);
+    }
+    return { kid: pick.id, privateKey };
   }
 
   async function getKey(header: ProtectedHeaderParameters): Promise<KeyObject> {
@@ -147,11 +197,11 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
   return {
     async start() {
       await reload();
-      if (signer === undefined) {
+      if (currentSigner() === undefined) {
         // The very first key may sign at once: no verifier can have cached a JWKS without it.
         await store.withSigningKeyLock(async () => {
           await reload();
-          if (signer !== undefined) return;
+          if (currentSigner() !== undefined) return;
           const now = clock.now();
           await store.insertSigningKey(newSigningKey(keyEncryptionKey, now, now));
           await reload();
@@ -177,6 +227,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
       };
     },
     async sign(claims, issuedAt, expiresAt) {
+      const signer = currentSigner();
       if (signer === undefined) throw new Error("no signing key is available");
       const iat = Math.floor(issuedAt.getTime() / 1000);
       return new SignJWT(claims)

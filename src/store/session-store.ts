@@ -5,7 +5,7 @@ import { inTransaction, query, type Pool } from "./db.js";
 
 const columns =
   "tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id, mfa_verified, " +
-  "created_at, last_active_at, expires_at, revoked_at, revoke_reason";
+  "created_at, last_active_at, expires_at, idle_expires_at, revoked_at, revoke_reason, revoked_by";
 
 interface SessionRow extends RowDataPacket {
   tenant_id: string;
@@ -21,8 +21,10 @@ interface SessionRow extends RowDataPacket {
   created_at: Date;
   last_active_at: Date;
   expires_at: Date;
+  idle_expires_at: Date | null;
   revoked_at: Date | null;
   revoke_reason: string | null;
+  revoked_by: string | null;
 }
 
 function toSession(row: SessionRow): Session {
@@ -40,26 +42,45 @@ function toSession(row: SessionRow): Session {
     createdAt: row.created_at,
     lastActiveAt: row.last_active_at,
     expiresAt: row.expires_at,
+    idleExpiresAt: row.idle_expires_at,
     revokedAt: row.revoked_at,
     revokeReason: row.revoke_reason as RevokeReason | null,
+    revokedBy: row.revoked_by,
   };
 }
 
-/** SQL for each status; the status itself is derived, never stored. */
+/** SQL for each status (the status itself is derived, never stored), and how many `now`s it takes. */
 const statusCondition = {
-  active: "revoked_at IS NULL AND expires_at > ?",
-  expired: "revoked_at IS NULL AND expires_at <= ?",
-  revoked: "revoked_at IS NOT NULL",
+  active: ["revoked_at IS NULL AND expires_at > ? AND (idle_expires_at IS NULL OR idle_expires_at > ?)", 2],
+  expired: ["revoked_at IS NULL AND (expires_at <= ? OR idle_expires_at <= ?)", 2],
+  revoked: ["revoked_at IS NOT NULL", 0],
 } as const;
+
+const activeCondition = statusCondition.active[0];
+
+const revokeSql = (where: string) =>
+  `UPDATE sessions SET revoked_at = ?, revoke_reason = ?, revoked_by = ? WHERE ${where}`;
 
 export function createSessionStore(pool: Pool): SessionStore {
   return {
-    async insertSession(s, refreshTokenHash) {
+    async insertSession(s, refreshTokenHash, cap) {
       await inTransaction(pool, async (conn) => {
+        if (cap !== null) {
+          // Locking the user's active rows serialises concurrent creates for that user.
+          const [active] = await conn.query<RowDataPacket[]>(
+            `SELECT id FROM sessions WHERE tenant_id = ? AND user_id = ? AND ${activeCondition}
+              ORDER BY created_at, id FOR UPDATE`,
+            [s.tenantId, s.userId, s.createdAt, s.createdAt],
+          );
+          const excess = active.slice(0, Math.max(0, active.length - cap + 1)).map((r) => r.id as string);
+          if (excess.length > 0) {
+            await conn.query(revokeSql("tenant_id = ? AND id IN (?)"), [s.createdAt, "session_limit", null, s.tenantId, excess]);
+          }
+        }
         await conn.query(
-          `INSERT INTO sessions (${columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO sessions (${columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
-            s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.revokedAt, s.revokeReason],
+            s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, s.revokedAt, s.revokeReason, s.revokedBy],
         );
         await conn.query(
           "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
@@ -84,8 +105,9 @@ export function createSessionStore(pool: Pool): SessionStore {
         where.push("user_id = ?");
         params.push(q.userId);
       }
-      where.push(statusCondition[q.status]);
-      if (q.status !== "revoked") params.push(q.now);
+      const [condition, nows] = statusCondition[q.status];
+      where.push(condition);
+      for (let i = 0; i < nows; i++) params.push(q.now);
       if (q.after !== undefined) {
         where.push("(created_at < ? OR (created_at = ? AND id < ?))");
         params.push(q.after.createdAt, q.after.createdAt, q.after.id);
@@ -99,7 +121,7 @@ export function createSessionStore(pool: Pool): SessionStore {
       return rows.map(toSession);
     },
 
-    async revokeSession(tenantId, id, now, reason) {
+    async revokeSession(tenantId, id, { now, reason, by }) {
       return inTransaction(pool, async (conn) => {
         const [rows] = await conn.query<SessionRow[]>(
           `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id = ? FOR UPDATE`,
@@ -109,17 +131,14 @@ export function createSessionStore(pool: Pool): SessionStore {
         if (!row) return null;
         const session = toSession(row);
         if (session.revokedAt !== null) return session;
-        await conn.query(
-          "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE tenant_id = ? AND id = ?",
-          [now, reason, tenantId, id],
-        );
-        return { ...session, revokedAt: now, revokeReason: reason };
+        await conn.query(revokeSql("tenant_id = ? AND id = ?"), [now, reason, by, tenantId, id]);
+        return { ...session, revokedAt: now, revokeReason: reason, revokedBy: by };
       });
     },
 
-    async revokeSessions(tenantId, filter: RevokeFilter, now, reason) {
-      const where = ["tenant_id = ?", "revoked_at IS NULL", "expires_at > ?"];
-      const params: unknown[] = [now, reason, tenantId, now];
+    async revokeSessions(tenantId, filter: RevokeFilter, { now, reason, by }) {
+      const where = ["tenant_id = ?", activeCondition];
+      const params: unknown[] = [now, reason, by, tenantId, now, now];
       if (filter.userId !== undefined) {
         where.push("user_id = ?");
         params.push(filter.userId);
@@ -128,11 +147,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         where.push("id <> ?");
         params.push(filter.exceptSessionId);
       }
-      const result = await query<{ affectedRows: number }>(
-        pool,
-        `UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE ${where.join(" AND ")}`,
-        params,
-      );
+      const result = await query<{ affectedRows: number }>(pool, revokeSql(where.join(" AND ")), params);
       return result.affectedRows;
     },
 
@@ -167,10 +182,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         );
         if (decision.action === "reject") return { ok: false, error: decision.error };
         if (decision.action === "revoke") {
-          await conn.query(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL",
-            [now, decision.reason, tenantId, session.id],
-          );
+          await conn.query(revokeSql("tenant_id = ? AND id = ? AND revoked_at IS NULL"), [now, decision.reason, null, tenantId, session.id]);
           return { ok: false, error: decision.error };
         }
         // Rotate: every live token of the session (the presented one, or on a retry within grace,
@@ -191,10 +203,10 @@ export function createSessionStore(pool: Pool): SessionStore {
           [tenantId, newHash, session.id, now],
         );
         await conn.query(
-          "UPDATE sessions SET last_active_at = ? WHERE tenant_id = ? AND id = ?",
-          [now, tenantId, session.id],
+          "UPDATE sessions SET last_active_at = ?, idle_expires_at = ? WHERE tenant_id = ? AND id = ?",
+          [now, decision.idleExpiresAt, tenantId, session.id],
         );
-        return { ok: true, session: { ...session, lastActiveAt: now } };
+        return { ok: true, session: { ...session, lastActiveAt: now, idleExpiresAt: decision.idleExpiresAt } };
       });
     },
   };

@@ -40,6 +40,17 @@ export function createSigningKeyStore(pool: Pool): SigningKeyStore {
         [k.id, k.publicX, k.privateKeyEncrypted, k.createdAt, k.signsFrom, k.retiredAt, k.revokedAt],
       );
     },
+    async retireSigningKey(id, at) {
+      await query(pool, "UPDATE signing_keys SET retired_at = ? WHERE id = ? AND retired_at IS NULL", [at, id]);
+    },
+    async revokeSigningKey(id, at) {
+      const result = await query<{ affectedRows: number }>(
+        pool,
+        "UPDATE signing_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        [at, id],
+      );
+      return result.affectedRows > 0;
+    },
     async withSigningKeyLock(work) {
       // GET_LOCK belongs to a connection: hold one for the whole of `work`.
       const conn = await pool.getConnection().catch((err: unknown) => {

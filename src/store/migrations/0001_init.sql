@@ -34,8 +34,12 @@ CREATE TABLE IF NOT EXISTS sessions (
   created_at DATETIME(6) NOT NULL,
   last_active_at DATETIME(6) NOT NULL,
   expires_at DATETIME(6) NOT NULL,
+  -- last_active_at + the tenant's idle timeout at the last refresh; NULL when there is none.
+  idle_expires_at DATETIME(6) NULL,
   revoked_at DATETIME(6) NULL,
   revoke_reason VARCHAR(32) NULL,
+  -- Who revoked it when known: the API key id of a tenant's call.
+  revoked_by VARCHAR(64) NULL,
   PRIMARY KEY (tenant_id, id),
   KEY sessions_by_created (tenant_id, created_at, id),
   KEY sessions_by_user (tenant_id, user_id, created_at, id)
@@ -63,4 +67,16 @@ CREATE TABLE IF NOT EXISTS signing_keys (
   retired_at DATETIME(6) NULL,
   revoked_at DATETIME(6) NULL,
   PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- A tenant's session policy; no row means the defaults (see README).
+CREATE TABLE IF NOT EXISTS tenant_policies (
+  tenant_id VARCHAR(40) NOT NULL,
+  access_token_ttl_seconds INT NOT NULL,
+  session_lifetime_seconds INT NOT NULL,
+  idle_timeout_seconds INT NULL,
+  refresh_grace_seconds INT NOT NULL,
+  max_sessions_per_user INT NULL,
+  updated_at DATETIME(6) NOT NULL,
+  PRIMARY KEY (tenant_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -1,0 +1,117 @@
+import { randomBytes } from "node:crypto";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import Fastify, { LogController, type FastifyInstance } from "fastify";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
+import { file_sessions_v1_sessions, SessionService } from "../gen/sessions/v1/sessions_pb.js";
+import type { Config } from "./config.js";
+import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
+import { createOnePort } from "./server/one-port.js";
+import type { Services } from "./services.js";
+import { guardService } from "./transport/guard.js";
+import { registerHealth } from "./transport/health.js";
+import { createMetrics } from "./transport/metrics.js";
+import { registerReflection } from "./transport/reflection.js";
+import { registerRest, restErrorHandler, restNotFoundHandler } from "./transport/rest.js";
+import { createSessionHandlers } from "./transport/session-handlers.js";
+
+/** Server timeouts: generous for real clients, short enough that slow or idle ones let go. */
+const timeouts = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 65_000,
+  idleTimeoutMs: 120_000,
+} as const;
+const readinessProbeTimeoutMs = 1_000;
+
+/**
+ * Builds the whole HTTP surface on one fastify instance without listening: Connect, gRPC and
+ * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
+ * proto's google.api.http options, and the operational endpoints.
+ */
+export function buildApp(config: Config, services: Services): FastifyInstance {
+  const onePort = createOnePort({ ...timeouts, maxConcurrentStreams: 100 });
+  const app = Fastify({
+    serverFactory: onePort.serverFactory,
+    bodyLimit: config.bodyLimitBytes,
+    genReqId: () => `req_${randomBytes(12).toString("base64url")}`,
+    requestIdHeader: false,
+    // One line per request, written in onResponse below, instead of fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
+    logger: {
+      level: config.logLevel,
+      // Bodies and headers are never logged; the query string is dropped too, whatever a client puts there.
+      serializers: {
+        req: (req) => ({ method: req.method, path: req.url.split("?")[0], remoteAddress: req.ip }),
+        err: (err: Error & { code?: string; errno?: number }) => ({
+          type: err.name,
+          message: err.message,
+          code: err.code,
+          errno: err.errno,
+          stack: err.stack ?? "",
+        }),
+      },
+    },
+  });
+  const metrics = createMetrics();
+  let isShuttingDown = false;
+
+  app.addHook("onRequest", async (req, reply) => {
+    reply.header("x-request-id", req.id);
+  });
+  app.addHook("onResponse", async (req, reply) => {
+    req.log.info({ status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, "request completed");
+  });
+  app.addHook("preClose", async () => {
+    isShuttingDown = true;
+    await onePort.closeConnections();
+  });
+
+  const impl = guardService(
+    SessionService,
+    createSessionHandlers(services.sessionService, services.clock),
+    { authenticator: services.authenticator, log: app.log, metrics },
+  );
+  const isServing = async () => !isShuttingDown && (await isDatabaseReachable(services));
+
+  app.register(fastifyConnectPlugin, {
+    routes(router) {
+      router.service(SessionService, impl);
+      registerHealth(router, isServing);
+      registerReflection(router, [file_sessions_v1_sessions, file_google_rpc_error_details]);
+    },
+    readMaxBytes: config.bodyLimitBytes,
+    // Long-lived streams (health Watch) are ended half-way through the drain, so they cannot hold
+    // shutdown open until the hard deadline; unary calls finish long before.
+    shutdownTimeoutMs: Math.floor(config.shutdownTimeoutMs / 2),
+    grpcWeb: true,
+    connect: true,
+    grpc: true,
+  });
+  registerRest(app, { service: SessionService, impl });
+  app.setErrorHandler(restErrorHandler);
+  app.setNotFoundHandler(restNotFoundHandler);
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    const isReady = await isServing();
+    return reply.code(isReady ? 200 : 503).send({ status: isReady ? "ready" : "unavailable" });
+  });
+  app.get("/metrics", async (_req, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+  app.get("/.well-known/jwks.json", async (_req, reply) => {
+    reply.header("cache-control", `public, max-age=${jwksMaxAgeSeconds}`);
+    return services.keyRing.jwks();
+  });
+  return app;
+}
+
+async function isDatabaseReachable({ pool }: Services): Promise<boolean> {
+  try {
+    await pool.query({ sql: "SELECT 1", timeout: readinessProbeTimeoutMs });
+    return true;
+  } catch {
+    return false;
+  }
+}

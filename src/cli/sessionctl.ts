@@ -1,0 +1,237 @@
+import { Command, Option } from "commander";
+import { loadConfig, type Config } from "../config.js";
+import { mintApiKey } from "../domain/api-keys.js";
+import { systemClock } from "../domain/clock.js";
+import type { SessionPolicy, Tenant } from "../domain/model.js";
+import { defaultPolicy, validatePolicy } from "../domain/policy.js";
+import { isPublished, pickSigningKey, revokeSigningKey, rotateSigningKey } from "../domain/signing-keys.js";
+import { idPatterns, newId } from "../domain/secrets.js";
+import { openDatabase, type Pool } from "../store/db.js";
+import { migrate } from "../store/migrate.js";
+import { createPolicyStore } from "../store/policy-store.js";
+import { createSigningKeyStore } from "../store/signing-key-store.js";
+import { createTenantStore } from "../store/tenant-store.js";
+
+/** The admin CLI. It reads DATABASE_URL like the server and migrates the same way before it acts. */
+
+async function withDatabase<T>(work: (pool: Pool, config: Config) => Promise<T>): Promise<T> {
+  const config = loadConfig();
+  const pool = await openDatabase({ url: config.databaseUrl, poolSize: 2 });
+  try {
+    await migrate(pool);
+    return await work(pool, config);
+  } finally {
+    await pool.end();
+  }
+}
+
+function print(asJson: boolean, value: object, lines: string[]): void {
+  console.log(asJson ? JSON.stringify(value) : lines.join("\n"));
+}
+
+function tenantIdArg(value: string): string {
+  if (!idPatterns.tenant.test(value)) throw new Error(`not a tenant id: ${value}`);
+  return value;
+}
+
+const json = new Option("--json", "print one JSON object");
+const program = new Command("sessionctl").description("Administer the session service: tenants and secret keys.");
+
+const tenants = program.command("tenants").description("manage tenants");
+tenants
+  .command("create")
+  .description("create a tenant and its first secret key (shown once)")
+  .requiredOption("--name <name>", "the tenant's display name")
+  .addOption(json)
+  .action(async (opts: { name: string; json?: boolean }) => {
+    const name = opts.name.trim();
+    if (name === "" || name.length > 200) throw new Error("--name must be 1 to 200 characters");
+    await withDatabase(async (pool) => {
+      const store = createTenantStore(pool);
+      const now = systemClock.now();
+      const tenant: Tenant = { id: newId("tnt"), name, createdAt: now };
+      await store.createTenant(tenant);
+      const { key, secret, hash } = mintApiKey(tenant.id, now);
+      await store.createApiKey(key, hash);
+      print(
+        opts.json === true,
+        { tenant_id: tenant.id, name: tenant.name, key_id: key.id, secret_key: secret, created_at: now.toISOString() },
+        [`tenant_id:  ${tenant.id}`, `name:       ${tenant.name}`, `key_id:     ${key.id}`, `secret_key: ${secret}`, "(the secret key is shown only once)"],
+      );
+    });
+  });
+tenants
+  .command("list")
+  .description("list tenants")
+  .addOption(json)
+  .action(async (opts: { json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const rows = await createTenantStore(pool).listTenants();
+      const data = rows.map((t) => ({ tenant_id: t.id, name: t.name, created_at: t.createdAt.toISOString() }));
+      print(opts.json === true, { data }, data.map((t) => `${t.tenant_id}  ${t.created_at}  ${t.name}`));
+    });
+  });
+
+const keys = program.command("keys").description("manage a tenant's secret keys");
+keys
+  .command("create")
+  .description("create a secret key (shown once)")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .option("--test", "make an sk_test_ key instead of sk_live_")
+  .addOption(json)
+  .action(async (opts: { tenant: string; test?: boolean; json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const store = createTenantStore(pool);
+      if ((await store.getTenant(opts.tenant)) === null) throw new Error(`no tenant ${opts.tenant}`);
+      const { key, secret, hash } = mintApiKey(opts.tenant, systemClock.now(), opts.test ? "test" : "live");
+      await store.createApiKey(key, hash);
+      print(opts.json === true, { tenant_id: key.tenantId, key_id: key.id, secret_key: secret }, [
+        `key_id:     ${key.id}`,
+        `secret_key: ${secret}`,
+        "(the secret key is shown only once)",
+      ]);
+    });
+  });
+keys
+  .command("list")
+  .description("list a tenant's keys (hints only; secrets are never stored)")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .addOption(json)
+  .action(async (opts: { tenant: string; json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const rows = await createTenantStore(pool).listApiKeys(opts.tenant);
+      const data = rows.map((k) => ({
+        key_id: k.id,
+        hint: k.hint,
+        created_at: k.createdAt.toISOString(),
+        revoked_at: k.revokedAt?.toISOString() ?? null,
+      }));
+      print(opts.json === true, { data }, data.map((k) => `${k.key_id}  ${k.hint}  ${k.created_at}  ${k.revoked_at ?? "active"}`));
+    });
+  });
+keys
+  .command("revoke")
+  .description("revoke a key; every instance stops accepting it within API_KEY_CACHE_SECONDS")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .requiredOption("--key <key_id>", "the key id (key_…)")
+  .addOption(json)
+  .action(async (opts: { tenant: string; key: string; json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const isRevoked = await createTenantStore(pool).revokeApiKey(opts.tenant, opts.key, systemClock.now());
+      if (!isRevoked) throw new Error(`no key ${opts.key} for tenant ${opts.tenant}`);
+      print(opts.json === true, { key_id: opts.key, revoked: true }, [`revoked ${opts.key}`]);
+    });
+  });
+
+const policyOptions = {
+  accessTokenTtlSeconds: ["--access-token-ttl <seconds>", "access-token lifetime"],
+  sessionLifetimeSeconds: ["--session-lifetime <seconds>", "absolute session lifetime (refresh never extends it)"],
+  idleTimeoutSeconds: ["--idle-timeout <seconds|off>", "end sessions not refreshed for this long"],
+  refreshGraceSeconds: ["--refresh-grace <seconds>", "how long a rotated refresh token may be retried"],
+  maxSessionsPerUser: ["--max-sessions-per-user <n|off>", "cap on active sessions per user; the oldest is revoked"],
+} as const satisfies Record<keyof SessionPolicy, readonly [string, string]>;
+
+function policyJson(p: SessionPolicy) {
+  return {
+    access_token_ttl_seconds: p.accessTokenTtlSeconds,
+    session_lifetime_seconds: p.sessionLifetimeSeconds,
+    idle_timeout_seconds: p.idleTimeoutSeconds,
+    refresh_grace_seconds: p.refreshGraceSeconds,
+    max_sessions_per_user: p.maxSessionsPerUser,
+  };
+}
+
+const policy = program.command("policy").description("a tenant's session policy");
+policy
+  .command("get")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .addOption(json)
+  .action(async (opts: { tenant: string; json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const current = policyJson((await createPolicyStore(pool).getPolicy(opts.tenant)) ?? defaultPolicy);
+      print(opts.json === true, current, Object.entries(current).map(([k, v]) => `${k}: ${v ?? "off"}`));
+    });
+  });
+const policySet = policy
+  .command("set")
+  .description("change some knobs; the others keep their current values (policy changes reach every instance within API_KEY_CACHE_SECONDS)")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .addOption(json);
+const policyAttributes = Object.entries(policyOptions).map(([key, [flag, help]]) => {
+  const option = new Option(flag, help);
+  policySet.addOption(option);
+  return [key as keyof SessionPolicy, option.attributeName()] as const;
+});
+policySet.action(async (opts: Record<string, string | boolean | undefined> & { tenant: string }) => {
+  await withDatabase(async (pool) => {
+    const store = createPolicyStore(pool);
+    if ((await createTenantStore(pool).getTenant(opts.tenant)) === null) throw new Error(`no tenant ${opts.tenant}`);
+    const next: SessionPolicy = { ...((await store.getPolicy(opts.tenant)) ?? defaultPolicy) };
+    for (const [key, attribute] of policyAttributes) {
+      const raw = opts[attribute];
+      if (typeof raw !== "string") continue;
+      (next as unknown as Record<string, number | null>)[key] = raw === "off" ? null : Number(raw);
+    }
+    await store.putPolicy(opts.tenant, validatePolicy(next), systemClock.now());
+    const shown = policyJson(next);
+    print(opts.json === true, shown, Object.entries(shown).map(([k, v]) => `${k}: ${v ?? "off"}`));
+  });
+});
+
+const signingKeys = program.command("signing-keys").description("the service's token signing keys");
+signingKeys
+  .command("list")
+  .addOption(json)
+  .action(async (opts: { json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      const now = systemClock.now();
+      const keys = await createSigningKeyStore(pool).listSigningKeys();
+      const signer = pickSigningKey(keys, now);
+      const data = keys.map((k) => ({
+        kid: k.id,
+        created_at: k.createdAt.toISOString(),
+        signs_from: k.signsFrom.toISOString(),
+        retired_at: k.retiredAt?.toISOString() ?? null,
+        revoked_at: k.revokedAt?.toISOString() ?? null,
+        is_published: isPublished(k, now),
+        is_signing: k.id === signer?.id,
+      }));
+      print(opts.json === true, { data }, data.map((k) => `${k.kid}  signs from ${k.signs_from}  ${k.is_signing ? "SIGNING" : k.is_published ? "published" : "withdrawn"}${k.revoked_at ? "  revoked" : ""}`));
+    });
+  });
+signingKeys
+  .command("rotate")
+  .description("publish a new key now; it starts signing after the rotation lead time, when the current key retires")
+  .addOption(json)
+  .action(async (opts: { json?: boolean }) => {
+    await withDatabase(async (pool, config) => {
+      const { key, isNew } = await rotateSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, systemClock.now());
+      const out = { kid: key.id, signs_from: key.signsFrom.toISOString(), created: isNew };
+      print(opts.json === true, out, [`${isNew ? "scheduled" : "already scheduled"} ${key.id}: signs from ${out.signs_from}`]);
+    });
+  });
+signingKeys
+  .command("revoke")
+  .description("emergency: withdraw a key at once; its tokens stop verifying on every instance within seconds")
+  .requiredOption("--kid <kid>", "the key id (key_…)")
+  .addOption(json)
+  .action(async (opts: { kid: string; json?: boolean }) => {
+    await withDatabase(async (pool, config) => {
+      const isRevoked = await revokeSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, opts.kid, systemClock.now());
+      if (!isRevoked) throw new Error(`no active signing key ${opts.kid}`);
+      print(opts.json === true, { kid: opts.kid, revoked: true }, [`revoked ${opts.kid}`]);
+    });
+  });
+
+program
+  .command("migrate")
+  .description("create the database if needed and apply migrations")
+  .action(async () => {
+    await withDatabase(async () => undefined);
+    console.log("migrations applied");
+  });
+
+program.parseAsync().catch((err: unknown) => {
+  console.error(`sessionctl: ${(err as Error).message}`);
+  process.exit(1);
+});

@@ -1,0 +1,133 @@
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { FastifyServerFactory } from "fastify";
+
+/**
+ * Limits for the inner servers. Fastify's own timeout options (keepAliveTimeout, requestTimeout,
+ * http2SessionTimeout, ...) only reach servers fastify creates itself, never one from serverFactory.
+ */
+export interface OnePortOptions {
+  /** Time (ms, > 0) a client has to send its first bytes, and an HTTP/1 request's headers. Default 60 s. */
+  headersTimeoutMs?: number;
+  /** Time (ms, 0 = none) a client has to send a whole HTTP/1 request. Default 300 s. */
+  requestTimeoutMs?: number;
+  /** How long an idle HTTP/1 keep-alive connection stays open. Default 72 s, as fastify's. */
+  keepAliveTimeoutMs?: number;
+  /** How long an HTTP/2 session may stay silent before it is sent GOAWAY. Default 72 s, as fastify's. */
+  idleTimeoutMs?: number;
+  /** Streams one HTTP/2 client may have open at once. Default 100. */
+  maxConcurrentStreams?: number;
+}
+
+export interface OnePort {
+  /** Pass as `fastify({ serverFactory })`. */
+  serverFactory: FastifyServerFactory;
+  /**
+   * Register as `app.addHook("preClose", closeConnections)`: without it `app.close()` waits for
+   * every client to leave. Open HTTP/2 streams still finish first (see fastifyConnectPlugin's
+   * shutdownTimeoutMs for ending long-lived RPCs).
+   */
+  closeConnections(): void;
+}
+
+const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/**
+ * One plaintext port for HTTP/1.1 and h2c with prior knowledge (what gRPC clients speak), which
+ * Node cannot do by itself: `http2.createServer({ allowHTTP1 })` only falls back to HTTP/1 via
+ * TLS ALPN. Each connection's first bytes decide which inner server gets the socket.
+ */
+export function createOnePort(opts: OnePortOptions = {}): OnePort {
+  const {
+    headersTimeoutMs = 60_000,
+    requestTimeoutMs = 300_000,
+    keepAliveTimeoutMs = 72_000,
+    idleTimeoutMs = 72_000,
+    maxConcurrentStreams = 100,
+  } = opts;
+  const undecided = new Set<net.Socket>();
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const h1Servers = new Set<http.Server>();
+  let closing = false;
+
+  const serverFactory: FastifyServerFactory = (handler) => {
+    const h1 = http.createServer(
+      {
+        headersTimeout: headersTimeoutMs,
+        requestTimeout: requestTimeoutMs,
+        keepAliveTimeout: keepAliveTimeoutMs,
+        // Node enforces the two timeouts above from a timer that ticks every 30 s by default.
+        connectionsCheckingInterval: Math.ceil(Math.min(30_000, headersTimeoutMs / 2)),
+      },
+      handler,
+    );
+    h1Servers.add(h1);
+    // A response still in flight at close leaves a keep-alive socket behind: drop it once idle.
+    h1.on("request", (_req, res) =>
+      res.once("finish", () => closing && h1.closeIdleConnections()),
+    );
+
+    const h2 = http2.createServer({ settings: { maxConcurrentStreams } });
+    // Fastify's handler copes with both request kinds; only its types insist on one server kind.
+    type H2Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
+    h2.on("request", handler as unknown as H2Handler);
+    h2.on("session", (session) => {
+      sessions.add(session);
+      session.once("close", () => sessions.delete(session));
+      // close() sends GOAWAY and lets open streams finish, where Node's default would destroy them.
+      session.setTimeout(idleTimeoutMs, () => session.close());
+    });
+
+    // noDelay as http.createServer does for its own sockets: Nagle would hold small responses back.
+    const server = net.createServer({ noDelay: true }, (socket) => {
+      if (closing) return void socket.destroy();
+      undecided.add(socket);
+      // A client that connects and stays silent would never meet any of the inner servers' timeouts.
+      const timer = setTimeout(() => socket.destroy(), headersTimeoutMs);
+      let head = Buffer.alloc(0);
+      const settle = () => {
+        clearTimeout(timer);
+        undecided.delete(socket);
+        socket.off("data", onData).off("error", settle).off("close", settle);
+      };
+      const onData = (chunk: Buffer) => {
+        head = Buffer.concat([head, chunk]);
+        const n = Math.min(head.length, preface.length);
+        const isH2 = head.subarray(0, n).equals(preface.subarray(0, n));
+        if (isH2 && n < preface.length) return; // a prefix of the preface: wait for more
+        settle();
+        socket.pause();
+        socket.unshift(head);
+        if (isH2) {
+          // The Http2Session drains the socket's buffered bytes itself, via read() on the next tick.
+          h2.emit("connection", socket);
+        } else {
+          // http.Server parses straight from the handle from now on; resuming makes the socket emit
+          // the unshifted bytes to its 'data' listener first, and restarts reading from the handle.
+          h1.emit("connection", socket);
+          socket.resume();
+        }
+      };
+      socket.on("data", onData).on("error", settle).on("close", settle);
+    });
+    // http.Server starts its connection tracking (headersTimeout, requestTimeout, closeIdleConnections)
+    // on 'listening', which it never sees since fastify listens on the outer server.
+    server.on("listening", () => h1.emit("listening"));
+    server.on("close", () => h1.close()); // stops that tracking timer
+    // Fastify installs its clientError handler (the 400/408 answers) on the server it is given.
+    h1.on("clientError", (err, socket) => server.emit("clientError", err, socket));
+    // Fastify only calls listen(), address(), close() and on() on it, which net.Server has.
+    return server as unknown as http.Server;
+  };
+
+  return {
+    serverFactory,
+    closeConnections() {
+      closing = true;
+      for (const socket of undecided) socket.destroy();
+      for (const h1 of h1Servers) h1.closeIdleConnections();
+      for (const session of sessions) session.close();
+    },
+  };
+}

@@ -1,0 +1,73 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  DeviceType as ProtoDeviceType,
+  RevokeReason as ProtoRevokeReason,
+  SessionStatus as ProtoSessionStatus,
+  type SessionSchema,
+} from "../../gen/sessions/v1/sessions_pb.js";
+import { endOf, statusOf, type DeviceType, type EndReason, type Session, type SessionStatus } from "../domain/model.js";
+
+/** Small pure converters between domain values and generated messages, named by direction. */
+
+const statusToProto: Record<SessionStatus, ProtoSessionStatus> = {
+  active: ProtoSessionStatus.ACTIVE,
+  expired: ProtoSessionStatus.EXPIRED,
+  revoked: ProtoSessionStatus.REVOKED,
+};
+
+const deviceTypeToProto: Record<DeviceType, ProtoDeviceType> = {
+  desktop: ProtoDeviceType.DESKTOP,
+  mobile: ProtoDeviceType.MOBILE,
+  tablet: ProtoDeviceType.TABLET,
+  bot: ProtoDeviceType.BOT,
+  unknown: ProtoDeviceType.UNKNOWN,
+};
+
+const endReasonToProto: Record<EndReason, ProtoRevokeReason> = {
+  revoked: ProtoRevokeReason.REVOKED,
+  revoked_all: ProtoRevokeReason.REVOKED_ALL,
+  refresh_token_reuse: ProtoRevokeReason.REFRESH_TOKEN_REUSE,
+  session_limit: ProtoRevokeReason.SESSION_LIMIT,
+  idle_timeout: ProtoRevokeReason.IDLE_TIMEOUT,
+  expired: ProtoRevokeReason.EXPIRED,
+};
+
+function invert<K extends string, V extends number>(table: Record<K, V>): Map<V, K> {
+  return new Map(Object.entries(table).map(([k, v]) => [v as V, k as K]));
+}
+
+const statusFromProtoTable = invert(statusToProto);
+const deviceTypeFromProtoTable = invert(deviceTypeToProto);
+
+export function toProtoSession(session: Session, now: Date): MessageInitShape<typeof SessionSchema> {
+  const end = endOf(session, now);
+  return {
+    id: session.id,
+    userId: session.userId,
+    tenantId: session.tenantId,
+    status: statusToProto[statusOf(session, now)],
+    userAgent: session.userAgent,
+    ipAddress: session.ipAddress,
+    country: session.country,
+    deviceType: deviceTypeToProto[session.deviceType],
+    createdAt: timestampFromDate(session.createdAt),
+    lastActiveAt: timestampFromDate(session.lastActiveAt),
+    expiresAt: timestampFromDate(session.expiresAt),
+    role: session.role,
+    orgId: session.orgId ?? undefined,
+    mfaVerified: session.isMfaVerified,
+    revokedAt: end ? timestampFromDate(end.at) : undefined,
+    revokeReason: end ? endReasonToProto[end.reason] : ProtoRevokeReason.UNSPECIFIED,
+    revokedBy: session.revokedBy ?? undefined,
+  };
+}
+
+/** Unspecified (0) and unknown numbers map to undefined: the domain applies its default. */
+export function fromProtoStatus(status: ProtoSessionStatus): SessionStatus | undefined {
+  return statusFromProtoTable.get(status);
+}
+
+export function fromProtoDeviceType(deviceType: ProtoDeviceType): DeviceType | undefined {
+  return deviceTypeFromProtoTable.get(deviceType);
+}

@@ -1,0 +1,59 @@
+import { getOption, type DescService } from "@bufbuild/protobuf";
+import { createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { FastifyBaseLogger } from "fastify";
+import { is_public } from "../../gen/sessions/v1/options_pb.js";
+import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
+import { toConnectError, toPublicError } from "./error-codes.js";
+import type { Metrics } from "./metrics.js";
+
+const callerKey = createContextKey<Caller | undefined>(undefined, { description: "authenticated caller" });
+
+/** The caller the guard authenticated for this call. */
+export function callerOf(ctx: HandlerContext): Caller {
+  const caller = ctx.values.get(callerKey);
+  if (caller === undefined) throw new Error("callerOf called outside a guarded handler");
+  return caller;
+}
+
+export interface GuardDeps {
+  authenticator: Authenticator;
+  log: FastifyBaseLogger;
+  metrics: Metrics;
+}
+
+type UnaryImpl = (req: unknown, ctx: HandlerContext) => Promise<unknown>;
+
+/**
+ * Wraps every unary handler of `service` with what every protocol needs alike, Connect, gRPC,
+ * gRPC-Web and REST: authentication (secret key + X-Tenant-ID, or the tenant header alone for RPCs
+ * marked `is_public`), one error mapping (anything not an AppError becomes a generic `internal`,
+ * logged here and nowhere else), and per-RPC metrics.
+ */
+export function guardService<S extends DescService>(service: S, impl: ServiceImpl<S>, deps: GuardDeps): ServiceImpl<S> {
+  const guarded: Record<string, UnaryImpl> = {};
+  for (const method of service.methods) {
+    const handler = (impl as unknown as Record<string, UnaryImpl>)[method.localName];
+    if (method.methodKind !== "unary" || handler === undefined) {
+      throw new Error(`${service.typeName}.${method.name}: only unary RPCs can be guarded`);
+    }
+    const isPublic = getOption(method, is_public);
+    guarded[method.localName] = async (req, ctx) => {
+      const stop = deps.metrics.startRpc(method.name, ctx.protocolName);
+      try {
+        const caller = isPublic
+          ? { tenantId: requireTenantId(ctx.requestHeader.get("x-tenant-id")), keyId: null }
+          : await deps.authenticator.authenticate(ctx.requestHeader.get("authorization"), ctx.requestHeader.get("x-tenant-id"));
+        ctx.values.set(callerKey, caller);
+        const res = await handler(req, ctx);
+        stop("ok");
+        return res;
+      } catch (err) {
+        const pub = toPublicError(err);
+        stop(pub.code);
+        if (pub.cause !== undefined) deps.log.error({ err: pub.cause, rpc: method.name }, "internal error");
+        throw toConnectError(err);
+      }
+    };
+  }
+  return guarded as unknown as ServiceImpl<S>;
+}

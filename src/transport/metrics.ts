@@ -1,0 +1,26 @@
+import { collectDefaultMetrics, Histogram, Registry } from "prom-client";
+
+export interface Metrics {
+  registry: Registry;
+  /** Starts timing one RPC; call the result with the outcome code ("ok" or an error code). */
+  startRpc(method: string, protocol: string): (code: string) => void;
+}
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const rpcDuration = new Histogram({
+    name: "sessions_rpc_duration_seconds",
+    help: "Duration of SessionService RPCs by method, protocol and outcome code.",
+    labelNames: ["method", "protocol", "code"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  return {
+    registry,
+    startRpc(method, protocol) {
+      const end = rpcDuration.startTimer({ method, protocol });
+      return (code) => end({ code });
+    },
+  };
+}

@@ -1,0 +1,94 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
+import type { Clock } from "../domain/clock.js";
+import type { SessionService } from "../domain/session-service.js";
+import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "./converters.js";
+import { callerOf } from "./guard.js";
+
+/**
+ * The RPC handlers: convert in, call the domain, convert out. Authentication and error mapping
+ * happen around them (guard.ts), for every protocol alike.
+ */
+export function createSessionHandlers(service: SessionService, clock: Clock): ServiceImpl<typeof SessionServiceDesc> {
+  return {
+    async listSessions(req, ctx) {
+      const page = await service.list(callerOf(ctx).tenantId, {
+        userId: req.userId,
+        status: fromProtoStatus(req.status),
+        limit: req.limit,
+        cursor: req.cursor,
+      });
+      const now = clock.now();
+      return {
+        data: page.sessions.map((s) => toProtoSession(s, now)),
+        pagination: { limit: page.limit, hasMore: page.hasMore, nextCursor: page.nextCursor },
+      };
+    },
+
+    async getSession(req, ctx) {
+      const session = await service.get(callerOf(ctx).tenantId, req.id);
+      return { session: toProtoSession(session, clock.now()) };
+    },
+
+    async revokeSession(req, ctx) {
+      const { tenantId, keyId } = callerOf(ctx);
+      await service.revoke(tenantId, req.id, keyId);
+      return {};
+    },
+
+    async revokeSessions(req, ctx) {
+      const { tenantId, keyId } = callerOf(ctx);
+      const revoked = await service.revokeAll(tenantId, { userId: req.userId, exceptSessionId: req.exceptSessionId }, keyId);
+      return { revoked };
+    },
+
+    async verifyToken(req, ctx) {
+      const result = await service.verify(callerOf(ctx).tenantId, req.token);
+      if (!result.valid) return { valid: false, error: { code: result.code, message: result.message } };
+      return {
+        valid: true,
+        sessionId: result.sessionId,
+        userId: result.userId,
+        tenantId: result.tenantId,
+        role: result.role,
+        orgId: result.orgId,
+        mfaVerified: result.isMfaVerified,
+        expiresAt: timestampFromDate(result.expiresAt),
+      };
+    },
+
+    async createSession(req, ctx) {
+      const pair = await service.create(callerOf(ctx).tenantId, {
+        userId: req.userId,
+        userAgent: req.userAgent,
+        ipAddress: req.ipAddress,
+        country: req.country,
+        deviceType: fromProtoDeviceType(req.deviceType),
+        role: req.role,
+        orgId: req.orgId,
+        isMfaVerified: req.mfaVerified,
+      });
+      return {
+        session: toProtoSession(pair.session, clock.now()),
+        accessToken: pair.accessToken,
+        refreshToken: pair.refreshToken,
+        accessTokenExpiresAt: timestampFromDate(pair.accessTokenExpiresAt),
+        refreshTokenExpiresAt: timestampFromDate(pair.refreshTokenExpiresAt),
+      };
+    },
+
+    async refreshSession(req, ctx) {
+      const pair = await service.refresh(callerOf(ctx).tenantId, req.refreshToken);
+      return {
+        sessionId: pair.session.id,
+        accessToken: pair.accessToken,
+        refreshToken: pair.refreshToken,
+        tokenType: "Bearer",
+        expiresIn: pair.expiresInSeconds,
+        accessTokenExpiresAt: timestampFromDate(pair.accessTokenExpiresAt),
+        refreshTokenExpiresAt: timestampFromDate(pair.refreshTokenExpiresAt),
+      };
+    },
+  };
+}

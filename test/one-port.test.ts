@@ -1,0 +1,242 @@
+import http2 from "node:http2";
+import net, { type AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fromBinary, type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
+import Fastify from "fastify";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  Health,
+  type HealthCheckRequest,
+  HealthCheckRequestSchema,
+  type HealthCheckResponse,
+  HealthCheckResponse_ServingStatus as Status,
+  HealthCheckResponseSchema,
+} from "../gen/grpc/health/v1/health_pb.js";
+import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
+import { createOnePort, type OnePortOptions } from "../src/server/one-port.js";
+import { registerHealth } from "../src/transport/health.js";
+import { registerReflection } from "../src/transport/reflection.js";
+
+const headersTimeoutMs = 500;
+
+async function startApp(opts: OnePortOptions = {}) {
+  const onePort = createOnePort({ headersTimeoutMs, ...opts });
+  const app = Fastify({ serverFactory: onePort.serverFactory });
+  app.addHook("preClose", onePort.closeConnections);
+  await app.register(fastifyConnectPlugin, {
+    routes(router) {
+      router.service(SessionService, { listSessions: () => ({ data: [] }) });
+      registerHealth(router, () => true, { watchIntervalMs: 100 });
+      registerReflection(router);
+    },
+    // Ends open streams (a health Watch) on close: HTTP/2 GOAWAY alone waits for them.
+    shutdownTimeoutMs: 200,
+  });
+  app.get("/hello", async () => ({ hello: "world" }));
+  app.get("/slow", async () => {
+    await sleep(300);
+    return { slow: true };
+  });
+  await app.listen({ port: 0, host: "127.0.0.1" });
+  const { port } = app.server.address() as AddressInfo;
+  return { app, port, url: `http://127.0.0.1:${port}` };
+}
+
+type Started = Awaited<ReturnType<typeof startApp>>;
+
+function grpcJsClient(port: number) {
+  return new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+}
+
+const serialize =
+  <D extends DescMessage>(schema: D) =>
+  (msg: MessageShape<D>) =>
+    Buffer.from(toBinary(schema, msg));
+const deserialize =
+  <D extends DescMessage>(schema: D) =>
+  (bytes: Buffer) =>
+    fromBinary(schema, bytes);
+
+function grpcJsCheck(client: grpc.Client, service = "") {
+  return new Promise<HealthCheckResponse>((resolve, reject) =>
+    client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
+      "/grpc.health.v1.Health/Check",
+      serialize(HealthCheckRequestSchema),
+      deserialize(HealthCheckResponseSchema),
+      { $typeName: "grpc.health.v1.HealthCheckRequest", service },
+      (err, res) => (err || !res ? reject(err) : resolve(res)),
+    ),
+  );
+}
+
+/** Writes the chunks with a pause between them, and collects what comes back until the server closes. */
+function rawExchange(port: number, chunks: Buffer[], pauseMs = 50) {
+  return new Promise<{ data: Buffer; closedAfterMs: number }>((resolve, reject) => {
+    const started = Date.now();
+    const received: Buffer[] = [];
+    const socket = net.connect(port, "127.0.0.1", async () => {
+      for (const chunk of chunks) {
+        socket.write(chunk);
+        await sleep(pauseMs);
+      }
+    });
+    socket.on("data", (d) => received.push(d));
+    socket.on("error", reject);
+    socket.on("close", () => resolve({ data: Buffer.concat(received), closedAfterMs: Date.now() - started }));
+  });
+}
+
+const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+const frame = (type: number, flags: number, payload: Buffer) => {
+  const header = Buffer.alloc(9);
+  header.writeUIntBE(payload.length, 0, 3);
+  header.writeUInt8(type, 3);
+  header.writeUInt8(flags, 4); // stream 0
+  return Buffer.concat([header, payload]);
+};
+
+describe("one port for HTTP/1.1 and h2c", () => {
+  let s: Started;
+  beforeAll(async () => {
+    s = await startApp();
+  });
+  afterAll(() => s.app.close());
+
+  it("serves a plain fastify route over HTTP/1.1", async () => {
+    const res = await fetch(`${s.url}/hello`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("keep-alive")).toBe("timeout=72"); // keepAliveTimeoutMs's default
+    expect(await res.json()).toEqual({ hello: "world" });
+  });
+
+  it("loses no HTTP/1 bytes when the first chunk is too short to decide on, and keeps pipelined requests", async () => {
+    const { data } = await rawExchange(s.port, [
+      Buffer.from("P"), // could still be the HTTP/2 preface
+      Buffer.from("OST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+      Buffer.from("GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ]);
+    const text = data.toString();
+    expect(text.match(/^HTTP\/1\.1 404/)).toBeTruthy(); // fastify has no POST /hello
+    expect(text.match(/HTTP\/1\.1 200 OK/g)).toHaveLength(2);
+    expect(text.match(/\{"hello":"world"\}/g)).toHaveLength(2);
+  });
+
+  it("loses no HTTP/2 bytes when the preface comes in pieces", async () => {
+    const ping = Buffer.from("12345678");
+    const { data } = await rawExchange(s.port, [
+      h2Preface.subarray(0, 5),
+      h2Preface.subarray(5, 20),
+      Buffer.concat([h2Preface.subarray(20), frame(0x4, 0, Buffer.alloc(0)), frame(0x6, 0, ping)]),
+      frame(0x7, 0, Buffer.alloc(8)), // GOAWAY, so that the server hangs up
+    ]);
+    const pingAck = frame(0x6, 0x1, ping);
+    expect(data.includes(pingAck)).toBe(true);
+  });
+
+  it("serves gRPC to a grpc-js client on the same port", async () => {
+    const client = grpcJsClient(s.port);
+    try {
+      expect((await grpcJsCheck(client)).status).toBe(Status.SERVING);
+      expect((await grpcJsCheck(client, "sessions.v1.SessionService")).status).toBe(Status.SERVING);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("serves connect-node clients over gRPC/HTTP2 and Connect/HTTP1.1", async () => {
+    for (const transport of [
+      createGrpcTransport({ baseUrl: s.url }),
+      createConnectTransport({ baseUrl: s.url, httpVersion: "1.1" }),
+    ]) {
+      const health = createClient(Health, transport);
+      expect((await health.check({})).status).toBe(Status.SERVING);
+    }
+  });
+
+  it("applies headersTimeout to HTTP/1 requests", async () => {
+    const { data, closedAfterMs } = await rawExchange(s.port, [Buffer.from("GET /hel")]);
+    expect(data.toString()).toMatch(/^HTTP\/1\.1 408/);
+    expect(closedAfterMs).toBeGreaterThanOrEqual(headersTimeoutMs - 50);
+    expect(closedAfterMs).toBeLessThan(headersTimeoutMs * 3);
+  });
+
+  it("drops a connection that never says which protocol it speaks", async () => {
+    const { data, closedAfterMs } = await rawExchange(s.port, [h2Preface.subarray(0, 10)]);
+    expect(data.length).toBe(0);
+    expect(closedAfterMs).toBeGreaterThanOrEqual(headersTimeoutMs - 50);
+    expect(closedAfterMs).toBeLessThan(headersTimeoutMs * 3);
+  });
+});
+
+describe("HTTP/2 sessions", () => {
+  it("are told maxConcurrentStreams, and sent GOAWAY after idleTimeoutMs", async () => {
+    const { app, url } = await startApp({ maxConcurrentStreams: 7, idleTimeoutMs: 300 });
+    try {
+      const session = http2.connect(url);
+      const settings = await new Promise<http2.Settings>((resolve) => session.once("remoteSettings", resolve));
+      expect(settings.maxConcurrentStreams).toBe(7);
+      const started = Date.now();
+      await new Promise((resolve) => session.once("goaway", resolve));
+      expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+      session.destroy();
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe("closing", () => {
+  const long = { headersTimeoutMs: 60_000, keepAliveTimeoutMs: 60_000, idleTimeoutMs: 60_000 };
+
+  it("closes promptly while a grpc-js client and an HTTP/1 keep-alive client are connected", async () => {
+    const { app, port, url } = await startApp(long);
+    const client = grpcJsClient(port);
+    try {
+      await grpcJsCheck(client);
+      await (await fetch(`${url}/hello`)).text();
+      const silent = net.connect(port, "127.0.0.1");
+      await new Promise((resolve) => silent.once("connect", resolve));
+      const started = Date.now();
+      await app.close();
+      expect(Date.now() - started).toBeLessThan(3_000);
+      expect(silent.destroyed || (await new Promise((resolve) => silent.once("close", resolve)))).toBeTruthy();
+    } finally {
+      client.close();
+    }
+  });
+
+  it("lets an HTTP/1 request in flight finish, then closes its keep-alive connection", async () => {
+    const { app, url } = await startApp(long);
+    const slow = fetch(`${url}/slow`).then((res) => res.json());
+    await sleep(100);
+    const started = Date.now();
+    await app.close();
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(await slow).toEqual({ slow: true });
+  });
+
+  it("closes while a health Watch stream is open", async () => {
+    const { app, port } = await startApp();
+    const client = grpcJsClient(port);
+    try {
+      const call = client.makeServerStreamRequest<HealthCheckRequest, HealthCheckResponse>(
+        "/grpc.health.v1.Health/Watch",
+        serialize(HealthCheckRequestSchema),
+        deserialize(HealthCheckResponseSchema),
+        { $typeName: "grpc.health.v1.HealthCheckRequest", service: "" },
+      );
+      call.on("error", () => {}); // the stream's end on shutdown is no failure here
+      const first = await new Promise<HealthCheckResponse>((resolve) => call.once("data", resolve));
+      expect(first.status).toBe(Status.SERVING);
+      const started = Date.now();
+      await app.close();
+      expect(Date.now() - started).toBeLessThan(3_000);
+    } finally {
+      client.close();
+    }
+  });
+});
