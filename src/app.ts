@@ -59,7 +59,10 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
     reply.header("x-request-id", req.id);
   });
   app.addHook("onResponse", async (req, reply) => {
-    req.log.info({ status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, "request completed");
+    req.log.info(
+      { method: req.method, path: req.url.split("?")[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
+      "request completed",
+    );
   });
   app.addHook("preClose", async () => {
     isShuttingDown = true;

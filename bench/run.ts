@@ -1,0 +1,73 @@
+import { fork, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import autocannon from "autocannon";
+import mysql from "mysql2/promise";
+import { mintApiKey } from "../src/domain/api-keys.js";
+import { newId } from "../src/domain/secrets.js";
+import { openDatabase } from "../src/store/db.js";
+import { migrate } from "../src/store/migrate.js";
+import { createTenantStore } from "../src/store/tenant-store.js";
+
+/**
+ * `npm run bench`: throughput of the real service against baselines measured in the same run on
+ * the same machine, printed as ratios. Servers run in child processes; the load generator here.
+ * BENCH_SECONDS (default 10) and BENCH_CONNECTIONS (default 32) tune the runs.
+ */
+const seconds = Number(process.env.BENCH_SECONDS ?? 10);
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const serverUrl = process.env.BENCH_DATABASE_SERVER ?? "mysql://root@127.0.0.1:3306";
+const databaseUrl = `${serverUrl}/sessions_bench_${randomBytes(4).toString("hex")}`;
+const root = fileURLToPath(new URL("..", import.meta.url));
+
+async function startChild(script: string, env: Record<string, string>): Promise<{ child: ChildProcess; port: number }> {
+  const child = fork(script, [], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
+  const [message] = (await once(child, "message")) as [{ port: number }];
+  return { child, port: message.port };
+}
+
+async function load(title: string, opts: autocannon.Options): Promise<number> {
+  await autocannon({ ...opts, duration: 2 }); // warm-up: JIT, pools, caches
+  const result = await autocannon({ ...opts, duration: seconds, connections });
+  const errors = result.errors + result.timeouts + result.non2xx;
+  console.log(`${title.padEnd(44)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${String(result.latency.p99).padStart(4)} ms${errors ? `  (${errors} errors/non-2xx)` : ""}`);
+  return result.requests.average;
+}
+
+async function main() {
+  const pool = await openDatabase({ url: databaseUrl, poolSize: 4 });
+  await migrate(pool);
+  const tenantId = newId("tnt");
+  const { key, secret, hash } = mintApiKey(tenantId, new Date());
+  await createTenantStore(pool).createTenant({ id: tenantId, name: "bench", createdAt: new Date() });
+  await createTenantStore(pool).createApiKey(key, hash);
+  await pool.end();
+
+  const service = await startChild("bench/service-child.ts", { DATABASE_URL: databaseUrl, LOG_LEVEL: "warn", NODE_ENV: "production", KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url") });
+  const base = `http://127.0.0.1:${service.port}`;
+  const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
+  const created = (await (await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: "usr_bench" }) })).json()) as { access_token: string };
+  const baseline = await startChild("bench/baseline-verify.ts", { JWKS_URL: `${base}/.well-known/jwks.json` });
+
+  console.log(`bench: ${seconds}s per run, ${connections} connections, Node ${process.version}`);
+  try {
+    const verifyBody = JSON.stringify({ token: created.access_token });
+    const bare = await load("baseline: node:http + jose verify", { url: `http://127.0.0.1:${baseline.port}/`, method: "POST", body: verifyBody, headers });
+    const verify = await load("POST /v1/sessions/verify", { url: `${base}/v1/sessions/verify`, method: "POST", body: verifyBody, headers });
+    console.log(`verify / baseline = ${(verify / bare).toFixed(2)}x (goal >= 0.5x)`);
+  } finally {
+    baseline.child.kill();
+    service.child.kill();
+    const conn = await mysql.createConnection(serverUrl);
+    await conn.query(`DROP DATABASE IF EXISTS \`${new URL(databaseUrl).pathname.slice(1)}\``);
+    await conn.end();
+  }
+}
+
+await main();
