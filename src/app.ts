@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { LogController, type FastifyInstance } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
@@ -33,7 +33,7 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
   const app = Fastify({
     serverFactory: onePort.serverFactory,
     bodyLimit: config.bodyLimitBytes,
-    genReqId: () => `req_${randomBytes(12).toString("base64url")}`,
+    genReqId: () => `req_${randomUUID().replaceAll("-", "")}`,
     requestIdHeader: false,
     // One line per request, written in onResponse below, instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -58,12 +58,14 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
   });
-  app.addHook("onResponse", async (req, reply) => {
-    req.log.info(
-      { method: req.method, path: req.url.split("?")[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
-      "request completed",
-    );
-  });
+  if (["info", "debug", "trace"].includes(config.logLevel)) {
+    app.addHook("onResponse", async (req, reply) => {
+      req.log.info(
+        { method: req.method, path: req.url.split("?")[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
+        "request completed",
+      );
+    });
+  }
   app.addHook("preClose", async () => {
     isShuttingDown = true;
     await onePort.closeConnections();

@@ -22,6 +22,11 @@ export interface SessionStore {
    */
   insertSession(session: Session, refreshTokenHash: Buffer, cap: number | null): Promise<void>;
   getSession(tenantId: string, id: string): Promise<Session | null>;
+  /**
+   * Just what decides whether a session is active, read fresh from the database (never cached):
+   * the hot path of every verify.
+   */
+  getSessionState(tenantId: string, id: string): Promise<SessionState | null>;
   listSessions(tenantId: string, query: ListQuery): Promise<Session[]>;
   /** Revokes one session unless already revoked; null when it does not exist. */
   revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<Session | null>;
@@ -32,6 +37,8 @@ export interface SessionStore {
    */
   refresh(tenantId: string, presentedHash: Buffer, newHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
 }
+
+export type SessionState = Pick<Session, "revokedAt" | "revokeReason" | "expiresAt" | "idleExpiresAt">;
 
 export interface Revocation {
   now: Date;

@@ -246,7 +246,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
           issuer,
           currentDate: clock.now(),
           clockTolerance: clockToleranceSeconds,
-          requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "sid", "tenant_id"],
+          requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "sid", "tenant_id", "role", "mfa_verified"],
         });
         return { ok: true, claims: payload, header: protectedHeader };
       } catch (err) {

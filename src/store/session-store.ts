@@ -1,6 +1,7 @@
+import DataLoader from "dataloader";
 import type { RowDataPacket } from "mysql2/promise";
 import type { DeviceType, RevokeReason, Session } from "../domain/model.js";
-import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, SessionStore } from "../domain/ports.js";
+import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, SessionState, SessionStore } from "../domain/ports.js";
 import { inTransaction, query, type Pool } from "./db.js";
 
 const columns =
@@ -61,7 +62,50 @@ const activeCondition = statusCondition.active[0];
 const revokeSql = (where: string) =>
   `UPDATE sessions SET revoked_at = ?, revoke_reason = ?, revoked_by = ? WHERE ${where}`;
 
+interface StateRow extends RowDataPacket {
+  tenant_id: string;
+  id: string;
+  expires_at: Date;
+  idle_expires_at: Date | null;
+  revoked_at: Date | null;
+  revoke_reason: string | null;
+}
+
+/** Most session-state reads one query may carry; bounds the IN list. */
+const maxStateBatch = 100;
+
 export function createSessionStore(pool: Pool): SessionStore {
+  // Verifies arriving in the same tick share one query per tenant (DataLoader batching). Nothing is
+  // cached: every load is answered by a query sent after it was asked, so it sees every revoke
+  // committed before the verify began.
+  const stateLoader = new DataLoader<readonly [string, string], SessionState | null, string>(
+    async (keys) => {
+      const byTenant = new Map<string, string[]>();
+      for (const [tenantId, id] of keys) byTenant.set(tenantId, [...(byTenant.get(tenantId) ?? []), id]);
+      const found = new Map<string, SessionState>();
+      await Promise.all(
+        [...byTenant].map(async ([tenantId, ids]) => {
+          const rows = await query<StateRow[]>(
+            pool,
+            "SELECT tenant_id, id, expires_at, idle_expires_at, revoked_at, revoke_reason FROM sessions WHERE tenant_id = ? AND id IN (?)",
+            [tenantId, ids],
+          );
+          for (const r of rows) {
+            found.set(`${r.tenant_id}\0${r.id}`, {
+              expiresAt: r.expires_at,
+              idleExpiresAt: r.idle_expires_at,
+              revokedAt: r.revoked_at,
+              revokeReason: r.revoke_reason as RevokeReason | null,
+            });
+          }
+        }),
+      );
+      return keys.map(([tenantId, id]) => found.get(`${tenantId}\0${id}`) ?? null);
+    },
+    // setImmediate gathers every verify parsed in the same event-loop turn into one batch.
+    { cache: false, maxBatchSize: maxStateBatch, batchScheduleFn: (run) => setImmediate(run) },
+  );
+
   return {
     async insertSession(s, refreshTokenHash, cap) {
       await inTransaction(pool, async (conn) => {
@@ -96,6 +140,10 @@ export function createSessionStore(pool: Pool): SessionStore {
         [tenantId, id],
       );
       return rows[0] ? toSession(rows[0]) : null;
+    },
+
+    getSessionState(tenantId, id) {
+      return stateLoader.load([tenantId, id]);
     },
 
     async listSessions(tenantId, q: ListQuery) {

@@ -130,7 +130,8 @@ function restHandler(route: RestRoute, impl: object) {
     // As in connect-node: the response's close event, not the request's (which fires once the
     // body is read), tells that the client went away.
     const disconnected = new AbortController();
-    reply.raw.once("close", () => disconnected.abort());
+    // Only a close before the response finished is a disconnect; aborting costs a DOMException.
+    reply.raw.once("close", () => reply.raw.writableFinished || disconnected.abort());
     const ctx = createHandlerContext({
       service: method.parent,
       method,
@@ -152,7 +153,6 @@ function restHandler(route: RestRoute, impl: object) {
     } finally {
       // As in Connect, headers the handler set go out with errors too.
       ctx.responseHeader.forEach((value, key) => reply.header(key, value));
-      ctx.abort();
     }
     if (route.successCode === 204) return reply.code(204).send();
     const json = toRestJson(method.output, output);
@@ -200,12 +200,13 @@ function sendJson(reply: FastifyReply, status: number, json: unknown): FastifyRe
   return reply.code(status).type("application/json; charset=utf-8").send(JSON.stringify(json));
 }
 
-function headersOf(incoming: IncomingHttpHeaders): Headers {
-  const headers = new Headers();
+/** createHandlerContext copies this into a Headers object; a plain record skips one copy. */
+function headersOf(incoming: IncomingHttpHeaders): Record<string, string> {
+  const headers: Record<string, string> = {};
   for (const [key, value] of Object.entries(incoming)) {
     // HTTP/2 pseudo-headers are not valid header names.
     if (key.startsWith(":") || value === undefined) continue;
-    for (const v of Array.isArray(value) ? value : [value]) headers.append(key, v);
+    headers[key] = Array.isArray(value) ? value.join(", ") : value;
   }
   return headers;
 }
