@@ -40,6 +40,32 @@ async function load(title: string, opts: autocannon.Options): Promise<number> {
   return result.requests.average;
 }
 
+/**
+ * Every refresh rotates its token, so each request takes a live token from a shared pool and
+ * returns its successor: one session per connection, each refreshed in a chain.
+ */
+async function refreshLoad(base: string, headers: Record<string, string>): Promise<autocannon.Options> {
+  const live: string[] = [];
+  for (let i = 0; i < connections * 2; i++) {
+    const res = await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: `usr_refresh_${i}` }) });
+    live.push(((await res.json()) as { refresh_token: string }).refresh_token);
+  }
+  const refreshHeaders = { "x-tenant-id": headers["x-tenant-id"] as string, "content-type": "application/json" };
+  return {
+    url: `${base}/v1/auth/token/refresh`,
+    requests: [
+      {
+        method: "POST",
+        headers: refreshHeaders,
+        setupRequest: (req) => ({ ...req, body: JSON.stringify({ refresh_token: live.shift() }) }),
+        onResponse: (status, body) => {
+          if (status === 200) live.push((JSON.parse(body) as { refresh_token: string }).refresh_token);
+        },
+      },
+    ],
+  };
+}
+
 async function main() {
   const pool = await openDatabase({ url: databaseUrl, poolSize: 4 });
   await migrate(pool);
@@ -54,6 +80,7 @@ async function main() {
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
   const created = (await (await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: "usr_bench" }) })).json()) as { access_token: string };
   const baseline = await startChild("bench/baseline-verify.ts", { JWKS_URL: `${base}/.well-known/jwks.json` });
+  const dbBaseline = await startChild("bench/baseline-db.ts", { DATABASE_URL: databaseUrl });
 
   console.log(`bench: ${seconds}s per run, ${connections} connections, Node ${process.version}`);
   try {
@@ -61,7 +88,21 @@ async function main() {
     const bare = await load("baseline: node:http + jose verify", { url: `http://127.0.0.1:${baseline.port}/`, method: "POST", body: verifyBody, headers });
     const verify = await load("POST /v1/sessions/verify", { url: `${base}/v1/sessions/verify`, method: "POST", body: verifyBody, headers });
     console.log(`verify / baseline = ${(verify / bare).toFixed(2)}x (goal >= 0.5x)`);
+
+    const insert = await load("baseline: node:http + one INSERT", { url: `http://127.0.0.1:${dbBaseline.port}/insert`, method: "POST" });
+    const create = await load("POST /v1/sessions", {
+      url: `${base}/v1/sessions`,
+      method: "POST",
+      headers,
+      body: JSON.stringify({ user_id: "usr_bench", user_agent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)", ip_address: "203.0.113.42" }),
+    });
+    console.log(`create / INSERT baseline = ${(create / insert).toFixed(2)}x`);
+
+    const update = await load("baseline: node:http + one PK UPDATE", { url: `http://127.0.0.1:${dbBaseline.port}/update`, method: "POST" });
+    const refresh = await load("POST /v1/auth/token/refresh", await refreshLoad(base, headers));
+    console.log(`refresh / UPDATE baseline = ${(refresh / update).toFixed(2)}x`);
   } finally {
+    dbBaseline.child.kill();
     baseline.child.kill();
     service.child.kill();
     const conn = await mysql.createConnection(serverUrl);

@@ -4,9 +4,13 @@ import type { DeviceType, RevokeReason, Session } from "../domain/model.js";
 import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, SessionState, SessionStore } from "../domain/ports.js";
 import { inTransaction, query, type Pool } from "./db.js";
 
-const columns =
-  "tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id, mfa_verified, " +
-  "created_at, last_active_at, expires_at, idle_expires_at, revoked_at, revoke_reason, revoked_by";
+const columnNames = [
+  "tenant_id", "id", "user_id", "user_agent", "ip_address", "country", "device_type", "role", "org_id",
+  "mfa_verified", "created_at", "last_active_at", "expires_at", "idle_expires_at", "revoked_at",
+  "revoke_reason", "revoked_by",
+] as const;
+const columns = columnNames.join(", ");
+const sessionColumnsOf = (alias: string) => columnNames.map((c) => `${alias}.${c}`).join(", ");
 
 interface SessionRow extends RowDataPacket {
   tenant_id: string;
@@ -26,6 +30,13 @@ interface SessionRow extends RowDataPacket {
   revoked_at: Date | null;
   revoke_reason: string | null;
   revoked_by: string | null;
+}
+
+interface RefreshRow extends SessionRow {
+  live_hash: Buffer;
+  t_created_at: Date;
+  t_rotated_at: Date | null;
+  successor_live: number;
 }
 
 function toSession(row: SessionRow): Session {
@@ -122,9 +133,10 @@ export function createSessionStore(pool: Pool): SessionStore {
           }
         }
         await conn.query(
-          `INSERT INTO sessions (${columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO sessions (${columns}, refresh_token_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
-            s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, s.revokedAt, s.revokeReason, s.revokedBy],
+            s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, s.revokedAt, s.revokeReason, s.revokedBy,
+            refreshTokenHash],
         );
         await conn.query(
           "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
@@ -201,31 +213,24 @@ export function createSessionStore(pool: Pool): SessionStore {
 
     async refresh(tenantId, presentedHash, newHash, now, decide: RefreshDecider): Promise<RefreshResult> {
       return inTransaction(pool, async (conn) => {
-        // Lock order everywhere: refresh token row, then session row.
-        const [tokens] = await conn.query<RowDataPacket[]>(
-          `SELECT t.session_id, t.created_at, t.rotated_at,
-                  (s.token_hash IS NOT NULL AND s.rotated_at IS NULL) AS successor_live
+        // One statement locks the presented token and its session, both by primary key. Every
+        // rotation and revoke of a session writes its row, so they serialise on it; revokes lock
+        // nothing else, so no lock cycle is possible.
+        const [rows] = await conn.query<RefreshRow[]>(
+          `SELECT ${sessionColumnsOf("s")}, s.refresh_token_hash AS live_hash,
+                  t.created_at AS t_created_at, t.rotated_at AS t_rotated_at,
+                  (t.successor_hash = s.refresh_token_hash) AS successor_live
              FROM refresh_tokens t
-             LEFT JOIN refresh_tokens s ON s.tenant_id = t.tenant_id AND s.token_hash = t.successor_hash
+             JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
             WHERE t.tenant_id = ? AND t.token_hash = ?
             FOR UPDATE`,
           [tenantId, presentedHash],
         );
-        const token = tokens[0];
-        if (!token) return { ok: false, error: "refresh_token_invalid" };
-        const [sessions] = await conn.query<SessionRow[]>(
-          `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id = ? FOR UPDATE`,
-          [tenantId, token.session_id],
-        );
-        if (!sessions[0]) return { ok: false, error: "refresh_token_invalid" };
-        const session = toSession(sessions[0]);
+        const row = rows[0];
+        if (!row) return { ok: false, error: "refresh_token_invalid" };
+        const session = toSession(row);
         const decision = decide(
-          {
-            sessionId: token.session_id,
-            createdAt: token.created_at,
-            rotatedAt: token.rotated_at,
-            isSuccessorLive: token.successor_live === 1,
-          },
+          { sessionId: session.id, createdAt: row.t_created_at, rotatedAt: row.t_rotated_at, isSuccessorLive: row.successor_live === 1 },
           session,
         );
         if (decision.action === "reject") return { ok: false, error: decision.error };
@@ -233,26 +238,20 @@ export function createSessionStore(pool: Pool): SessionStore {
           await conn.query(revokeSql("tenant_id = ? AND id = ? AND revoked_at IS NULL"), [now, decision.reason, null, tenantId, session.id]);
           return { ok: false, error: decision.error };
         }
-        // Rotate: every live token of the session (the presented one, or on a retry within grace,
-        // its successor) is retired, so exactly one live token remains: the new one.
+        // Rotate: the live token (the presented one, or on a retry within grace, its successor) is
+        // retired and the presented token points at the new one, which becomes the one live token.
         await conn.query(
-          `UPDATE refresh_tokens SET rotated_at = ?, successor_hash = ?
-            WHERE tenant_id = ? AND session_id = ? AND rotated_at IS NULL`,
-          [now, newHash, tenantId, session.id],
+          `UPDATE refresh_tokens SET rotated_at = COALESCE(rotated_at, ?), successor_hash = ?
+            WHERE tenant_id = ? AND token_hash IN (?, ?)`,
+          [now, newHash, tenantId, presentedHash, row.live_hash],
         );
-        if (token.rotated_at !== null) {
-          await conn.query(
-            "UPDATE refresh_tokens SET successor_hash = ? WHERE tenant_id = ? AND token_hash = ?",
-            [newHash, tenantId, presentedHash],
-          );
-        }
         await conn.query(
           "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
           [tenantId, newHash, session.id, now],
         );
         await conn.query(
-          "UPDATE sessions SET last_active_at = ?, idle_expires_at = ? WHERE tenant_id = ? AND id = ?",
-          [now, decision.idleExpiresAt, tenantId, session.id],
+          "UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, refresh_token_hash = ? WHERE tenant_id = ? AND id = ?",
+          [now, decision.idleExpiresAt, newHash, tenantId, session.id],
         );
         return { ok: true, session: { ...session, lastActiveAt: now, idleExpiresAt: decision.idleExpiresAt } };
       });

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS sessions (
   revoke_reason VARCHAR(32) NULL,
   -- Who revoked it when known: the API key id of a tenant's call.
   revoked_by VARCHAR(64) NULL,
+  -- The session's one live refresh token; rotation touches this row and two token rows, however
+  -- long the session's chain of rotated tokens has grown.
+  refresh_token_hash BINARY(32) NOT NULL,
   PRIMARY KEY (tenant_id, id),
   KEY sessions_by_created (tenant_id, created_at, id),
   KEY sessions_by_user (tenant_id, user_id, created_at, id)
