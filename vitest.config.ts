@@ -3,6 +3,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // Database-fault tests start their own MariaDB: `npm run test:faults` (vitest.faults.config.ts).
+    exclude: ["test/faults/**", "node_modules/**"],
     // Integration tests share one MySQL server; each file uses its own database.
     testTimeout: 30_000,
     hookTimeout: 60_000,

@@ -75,7 +75,17 @@ async function main() {
   await createTenantStore(pool).createApiKey(key, hash);
   await pool.end();
 
-  const service = await startChild("bench/service-child.ts", { DATABASE_URL: databaseUrl, LOG_LEVEL: "warn", NODE_ENV: "production", KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url") });
+  // Rate limits are off: the bench measures the service's throughput, not the limiter's refusals.
+  const service = await startChild("bench/service-child.ts", {
+    DATABASE_URL: databaseUrl,
+    LOG_LEVEL: "warn",
+    NODE_ENV: "production",
+    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url"),
+    RATE_LIMIT_READ_PER_MINUTE: "0",
+    RATE_LIMIT_WRITE_PER_MINUTE: "0",
+    RATE_LIMIT_REFRESH_PER_MINUTE: "0",
+    RATE_LIMIT_IP_PER_MINUTE: "0",
+  });
   const base = `http://127.0.0.1:${service.port}`;
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
   const created = (await (await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: "usr_bench" }) })).json()) as { access_token: string };

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
+import { createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
-import Fastify, { LogController, type FastifyInstance } from "fastify";
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { file_sessions_v1_sessions, SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import type { Config } from "./config.js";
@@ -10,6 +11,7 @@ import type { Services } from "./services.js";
 import { guardService } from "./transport/guard.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
+import { clientIpKey, createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
 import { registerRest, restErrorHandler, restNotFoundHandler } from "./transport/rest.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
@@ -74,8 +76,10 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
   const impl = guardService(
     SessionService,
     createSessionHandlers(services.sessionService, services.clock),
-    { authenticator: services.authenticator, log: app.log, metrics },
+    { authenticator: services.authenticator, log: app.log, metrics, rateLimits: createRateLimits(config.rateLimits) },
   );
+  // Both transports hand the guard the client's address for per-IP limits.
+  const contextValues = (req: FastifyRequest) => createContextValues().set(clientIpKey, req.ip);
   const isServing = async () => !isShuttingDown && (await isDatabaseReachable(services));
 
   app.register(fastifyConnectPlugin, {
@@ -88,11 +92,12 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
     // Long-lived streams (health Watch) are ended half-way through the drain, so they cannot hold
     // shutdown open until the hard deadline; unary calls finish long before.
     shutdownTimeoutMs: Math.floor(config.shutdownTimeoutMs / 2),
+    contextValues,
     grpcWeb: true,
     connect: true,
     grpc: true,
   });
-  registerRest(app, { service: SessionService, impl });
+  registerRest(app, { service: SessionService, impl, contextValues });
   app.setErrorHandler(restErrorHandler);
   app.setNotFoundHandler(restNotFoundHandler);
 

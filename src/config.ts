@@ -35,6 +35,11 @@ const schema = z
     BODY_LIMIT_BYTES: int(1024, 10 * 1024 * 1024, 64 * 1024),
     API_KEY_CACHE_SECONDS: int(0, 300, 5),
     SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
+    // HelloJohn's documented defaults: 1,000 reads and 500 writes a minute per tenant, 60 refreshes.
+    RATE_LIMIT_READ_PER_MINUTE: int(0, 10_000_000, 1_000),
+    RATE_LIMIT_WRITE_PER_MINUTE: int(0, 10_000_000, 500),
+    RATE_LIMIT_REFRESH_PER_MINUTE: int(0, 10_000_000, 60),
+    RATE_LIMIT_IP_PER_MINUTE: int(0, 10_000_000, 6_000),
   })
   .transform((env, ctx) => {
     if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
@@ -56,6 +61,12 @@ const schema = z
       bodyLimitBytes: env.BODY_LIMIT_BYTES,
       apiKeyCacheSeconds: env.API_KEY_CACHE_SECONDS,
       shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
+      rateLimits: {
+        readPerMinute: env.RATE_LIMIT_READ_PER_MINUTE,
+        writePerMinute: env.RATE_LIMIT_WRITE_PER_MINUTE,
+        refreshPerMinute: env.RATE_LIMIT_REFRESH_PER_MINUTE,
+        ipPerMinute: env.RATE_LIMIT_IP_PER_MINUTE,
+      },
     };
   });
 

@@ -5,6 +5,7 @@ import { is_public } from "../../gen/sessions/v1/options_pb.js";
 import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
 import { toConnectError, toPublicError } from "./error-codes.js";
 import type { Metrics } from "./metrics.js";
+import { tierOf, type RateLimits } from "./rate-limits.js";
 
 const callerKey = createContextKey<Caller | undefined>(undefined, { description: "authenticated caller" });
 
@@ -19,6 +20,7 @@ export interface GuardDeps {
   authenticator: Authenticator;
   log: FastifyBaseLogger;
   metrics: Metrics;
+  rateLimits: RateLimits;
 }
 
 type UnaryImpl = (req: unknown, ctx: HandlerContext) => Promise<unknown>;
@@ -26,7 +28,7 @@ type UnaryImpl = (req: unknown, ctx: HandlerContext) => Promise<unknown>;
 /**
  * Wraps every unary handler of `service` with what every protocol needs alike, Connect, gRPC,
  * gRPC-Web and REST: authentication (secret key + X-Tenant-ID, or the tenant header alone for RPCs
- * marked `is_public`), one error mapping (anything not an AppError becomes a generic `internal`,
+ * marked `is_public`), rate limits (per IP before authentication, per tenant after), one error mapping (anything not an AppError becomes a generic `internal`,
  * logged here and nowhere else), and per-RPC metrics.
  */
 export function guardService<S extends DescService>(service: S, impl: ServiceImpl<S>, deps: GuardDeps): ServiceImpl<S> {
@@ -37,13 +39,16 @@ export function guardService<S extends DescService>(service: S, impl: ServiceImp
       throw new Error(`${service.typeName}.${method.name}: only unary RPCs can be guarded`);
     }
     const isPublic = getOption(method, is_public);
+    const tier = tierOf(method);
     guarded[method.localName] = async (req, ctx) => {
       const stop = deps.metrics.startRpc(method.name, ctx.protocolName);
       try {
+        await deps.rateLimits.checkIp(ctx);
         const caller = isPublic
           ? { tenantId: requireTenantId(ctx.requestHeader.get("x-tenant-id")), keyId: null }
           : await deps.authenticator.authenticate(ctx.requestHeader.get("authorization"), ctx.requestHeader.get("x-tenant-id"));
         ctx.values.set(callerKey, caller);
+        await deps.rateLimits.checkTenant(ctx, tier, caller.tenantId);
         const res = await handler(req, ctx);
         stop("ok");
         return res;

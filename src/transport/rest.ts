@@ -12,6 +12,7 @@ import {
 import {
   Code,
   ConnectError,
+  type ContextValues,
   type HandlerContext,
   type ServiceImpl,
   createContextValues,
@@ -99,7 +100,7 @@ type UnaryHandler = (
  */
 export function registerRest<S extends DescService>(
   app: FastifyInstance,
-  opts: { service: S; impl: Partial<ServiceImpl<S>> },
+  opts: { service: S; impl: Partial<ServiceImpl<S>>; contextValues?: (request: FastifyRequest) => ContextValues },
 ): void {
   const routes = restRoutesOf(opts.service);
   app.register(async (scope) => {
@@ -115,12 +116,12 @@ export function registerRest<S extends DescService>(
       }
     });
     for (const route of routes) {
-      scope.route({ method: route.httpMethod, url: route.url, handler: restHandler(route, opts.impl) });
+      scope.route({ method: route.httpMethod, url: route.url, handler: restHandler(route, opts.impl, opts.contextValues) });
     }
   });
 }
 
-function restHandler(route: RestRoute, impl: object) {
+function restHandler(route: RestRoute, impl: object, contextValues?: (request: FastifyRequest) => ContextValues) {
   const { method, body } = route;
   const handler = (impl as Record<string, UnaryHandler | undefined>)[method.localName];
   const pathFields = new Set(route.url.split("/").filter((s) => s.startsWith(":")).map((s) => s.slice(1)));
@@ -140,7 +141,7 @@ function restHandler(route: RestRoute, impl: object) {
       url: `${request.protocol}://${request.host}${request.url}`,
       requestHeader: headersOf(request.headers),
       requestSignal: disconnected.signal,
-      contextValues: createContextValues(),
+      contextValues: contextValues?.(request) ?? createContextValues(),
     });
     let output: Message;
     try {
