@@ -4,6 +4,7 @@ import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { file_sessions_v1_sessions, SessionService } from "../gen/sessions/v1/sessions_pb.js";
+import type { DestinationStream } from "pino";
 import type { Config } from "./config.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
 import { createOnePort } from "./server/one-port.js";
@@ -30,7 +31,7 @@ const readinessProbeTimeoutMs = 1_000;
  * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
  * proto's google.api.http options, and the operational endpoints.
  */
-export function buildApp(config: Config, services: Services): FastifyInstance {
+export function buildApp(config: Config, services: Services, { logStream }: { logStream?: DestinationStream } = {}): FastifyInstance {
   const onePort = createOnePort({ ...timeouts, maxConcurrentStreams: 100 });
   const app = Fastify({
     serverFactory: onePort.serverFactory,
@@ -41,6 +42,7 @@ export function buildApp(config: Config, services: Services): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     logger: {
       level: config.logLevel,
+      ...(logStream ? { stream: logStream } : {}),
       // Bodies and headers are never logged; the query string is dropped too, whatever a client puts there.
       serializers: {
         req: (req) => ({ method: req.method, path: req.url.split("?")[0], remoteAddress: req.ip }),

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from "fastify";
+import type { DestinationStream } from "pino";
 import { buildApp } from "../../src/app.js";
 import type { Config } from "../../src/config.js";
 import { mintApiKey } from "../../src/domain/api-keys.js";
@@ -22,14 +23,14 @@ export interface TestServer {
 
 /** The real app on a fresh database, listening on a free loopback port. */
 export async function startTestServer(
-  opts: { clock?: Clock; env?: Record<string, string>; listen?: boolean; sharedWith?: TestServer } = {},
+  opts: { clock?: Clock; env?: Record<string, string>; listen?: boolean; sharedWith?: TestServer; logStream?: DestinationStream } = {},
 ): Promise<TestServer> {
   const config = testConfig({
     ...(opts.sharedWith ? { DATABASE_URL: opts.sharedWith.config.databaseUrl } : {}),
     ...opts.env,
   });
   const services = await openServices(config, opts.clock ? { clock: opts.clock } : {});
-  const app = buildApp(config, services);
+  const app = buildApp(config, services, { logStream: opts.logStream });
   app.addHook("onClose", () => services.close());
   if (opts.listen !== false) await app.listen({ port: 0, host: "127.0.0.1" });
   else await app.ready();
