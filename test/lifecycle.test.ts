@@ -116,6 +116,33 @@ describe("per-tenant policy", () => {
   });
 });
 
+describe("refresh across instances", () => {
+  it("a retry within grace on another instance succeeds; concurrent refreshes on two instances leave one live token", async () => {
+    const peer = await openServices({ ...config }, { clock });
+    try {
+      const tenant = newId("tnt");
+      const pair = await services.sessionService.create(tenant, input("two"));
+      await services.sessionService.refresh(tenant, pair.refreshToken);
+      clock.advance(3_000);
+      const retried = await peer.sessionService.refresh(tenant, pair.refreshToken);
+      expect(retried.session.id).toBe(pair.session.id);
+
+      const results = await Promise.allSettled(
+        Array.from({ length: 10 }, (_, i) => (i % 2 ? peer : services).sessionService.refresh(tenant, retried.refreshToken)),
+      );
+      expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+      const [rows] = (await services.pool.query(
+        "SELECT COUNT(*) AS live FROM refresh_tokens WHERE tenant_id = ? AND session_id = ? AND rotated_at IS NULL",
+        [tenant, pair.session.id],
+      )) as unknown as [{ live: number }[]];
+      expect(Number(rows[0]!.live)).toBe(1);
+      expect((await services.sessionService.get(tenant, pair.session.id)).revokedAt).toBeNull();
+    } finally {
+      await peer.close();
+    }
+  });
+});
+
 describe("end reasons and actors", () => {
   it("records who revoked a session", async () => {
     const tenant = newId("tnt");
