@@ -876,6 +876,8 @@ export const RevokeReasonSchema: GenEnum<RevokeReason> = /*@__PURE__*/
  * `authorization: Bearer sk_live_…` and `x-tenant-id: tnt_…` (HTTP headers or gRPC metadata).
  * Errors carry a google.rpc.ErrorInfo detail whose reason is the REST error code
  * (for example `session_not_found`). A session of another tenant behaves exactly like a missing one.
+ * Every RPC may also fail with RESOURCE_EXHAUSTED (rate_limit_exceeded) and UNAVAILABLE
+ * (unavailable, when the database cannot answer); responses carry X-RateLimit-* headers.
  *
  * @generated from service sessions.v1.SessionService
  */
