@@ -107,7 +107,12 @@ export function registerRest<S extends DescService>(
     scope.setErrorHandler(restErrorHandler);
     scope.removeAllContentTypeParsers();
     // Plain JSON.parse is safe: bodies only reach fromRestJson, which copies known fields only.
-    scope.addContentTypeParser<string>("application/json", { parseAs: "string" }, (_request, body, done) => {
+    scope.addContentTypeParser<string>("application/json", { parseAs: "string" }, (request, body, done) => {
+      // Fastify does not decompress, and a compressed body must not dodge the size limit unread.
+      const encoding = request.headers["content-encoding"];
+      if (encoding !== undefined && encoding !== "identity") {
+        return done(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
+      }
       if (body === "") return done(null, {}); // an empty body is an empty request message
       try {
         done(null, JSON.parse(body));
