@@ -9,6 +9,7 @@ import type { Config } from "./config.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
 import { createOnePort } from "./server/one-port.js";
 import type { Services } from "./services.js";
+import { isReachable } from "./store/db.js";
 import { guardService } from "./transport/guard.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
@@ -31,7 +32,14 @@ const readinessProbeTimeoutMs = 1_000;
  * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
  * proto's google.api.http options, and the operational endpoints.
  */
-export function buildApp(config: Config, services: Services, { logStream }: { logStream?: DestinationStream } = {}): FastifyInstance {
+export interface AppOptions {
+  /** Where logs go (tests read them); stdout by default. */
+  logStream?: DestinationStream;
+  /** True while a shutdown drains: readiness and gRPC health then report not serving. */
+  isDraining?: () => boolean;
+}
+
+export function buildApp(config: Config, services: Services, { logStream, isDraining }: AppOptions = {}): FastifyInstance {
   const onePort = createOnePort({ ...timeouts, maxConcurrentStreams: 100 });
   const app = Fastify({
     serverFactory: onePort.serverFactory,
@@ -82,7 +90,7 @@ export function buildApp(config: Config, services: Services, { logStream }: { lo
   );
   // Both transports hand the guard the client's address for per-IP limits.
   const contextValues = (req: FastifyRequest) => createContextValues().set(clientIpKey, req.ip);
-  const isServing = async () => !isShuttingDown && (await isDatabaseReachable(services));
+  const isServing = async () => !isShuttingDown && !isDraining?.() && (await isReachable(services.pool, readinessProbeTimeoutMs));
 
   app.register(fastifyConnectPlugin, {
     routes(router) {
@@ -117,13 +125,4 @@ export function buildApp(config: Config, services: Services, { logStream }: { lo
     return services.keyRing.jwks();
   });
   return app;
-}
-
-async function isDatabaseReachable({ pool }: Services): Promise<boolean> {
-  try {
-    await pool.query({ sql: "SELECT 1", timeout: readinessProbeTimeoutMs });
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -35,6 +35,8 @@ const schema = z
     BODY_LIMIT_BYTES: int(1024, 10 * 1024 * 1024, 64 * 1024),
     API_KEY_CACHE_SECONDS: int(0, 300, 5),
     SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
+    SHUTDOWN_DRAIN_DELAY_MS: int(0, 120_000, 0),
+    DATABASE_STARTUP_TIMEOUT_MS: int(0, 600_000, 60_000),
     // HelloJohn's documented defaults: 1,000 reads and 500 writes a minute per tenant, 60 refreshes.
     RATE_LIMIT_READ_PER_MINUTE: int(0, 10_000_000, 1_000),
     RATE_LIMIT_WRITE_PER_MINUTE: int(0, 10_000_000, 500),
@@ -61,6 +63,8 @@ const schema = z
       bodyLimitBytes: env.BODY_LIMIT_BYTES,
       apiKeyCacheSeconds: env.API_KEY_CACHE_SECONDS,
       shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
+      shutdownDrainDelayMs: env.SHUTDOWN_DRAIN_DELAY_MS,
+      databaseStartupTimeoutMs: env.DATABASE_STARTUP_TIMEOUT_MS,
       rateLimits: {
         readPerMinute: env.RATE_LIMIT_READ_PER_MINUTE,
         writePerMinute: env.RATE_LIMIT_WRITE_PER_MINUTE,

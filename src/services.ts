@@ -1,11 +1,13 @@
 import { hkdfSync } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Config } from "./config.js";
 import { createAuthenticator, type Authenticator } from "./domain/api-keys.js";
 import { systemClock, type Clock } from "./domain/clock.js";
 import { createPolicySource } from "./domain/policy.js";
 import { createSessionService, type SessionService } from "./domain/session-service.js";
+import { AppError } from "./domain/errors.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
-import { openDatabase, type Pool } from "./store/db.js";
+import { closePool, openDatabase, type Pool } from "./store/db.js";
 import { migrate } from "./store/migrate.js";
 import { createPolicyStore } from "./store/policy-store.js";
 import { createSessionStore } from "./store/session-store.js";
@@ -22,8 +24,43 @@ export interface Services {
   close(): Promise<void>;
 }
 
-/** Opens the database (creating and migrating it), loads or creates the signing key. */
-export async function openServices(config: Config, { clock = systemClock }: { clock?: Clock } = {}): Promise<Services> {
+export interface OpenOptions {
+  clock?: Clock;
+  /**
+   * How long to keep trying while the database is unreachable (it may start after us: a fresh
+   * deployment, a restart of both). 0, the default, tries once. Only `unavailable` is retried:
+   * bad credentials or a failing migration stop at once.
+   */
+  startupTimeoutMs?: number;
+  /** Told about each failed attempt, with the delay before the next. */
+  onRetry?: (err: unknown, delayMs: number) => void;
+}
+
+/** Backoff between startup attempts: doubling from 250 ms, capped at 5 s. */
+const firstRetryDelayMs = 250;
+const maxRetryDelayMs = 5_000;
+
+/**
+ * Opens the database (creating and migrating it), loads or creates the signing key; while the
+ * database is unavailable, retries with backoff until `startupTimeoutMs` has passed.
+ */
+export async function openServices(config: Config, options: OpenOptions = {}): Promise<Services> {
+  const { startupTimeoutMs = 0, onRetry } = options;
+  const giveUpAt = Date.now() + startupTimeoutMs;
+  for (let delayMs = firstRetryDelayMs; ; delayMs = Math.min(delayMs * 2, maxRetryDelayMs)) {
+    try {
+      return await openOnce(config, options.clock ?? systemClock);
+    } catch (err) {
+      const isUnavailable = err instanceof AppError && err.code === "unavailable";
+      const wait = Math.min(delayMs, giveUpAt - Date.now());
+      if (!isUnavailable || wait <= 0) throw err;
+      onRetry?.(err, wait);
+      await sleep(wait);
+    }
+  }
+}
+
+async function openOnce(config: Config, clock: Clock): Promise<Services> {
   const pool = await openDatabase({ url: config.databaseUrl, poolSize: config.databasePoolSize });
   try {
     await migrate(pool);
@@ -51,11 +88,11 @@ export async function openServices(config: Config, { clock = systemClock }: { cl
       authenticator: createAuthenticator(createTenantStore(pool), clock, config.apiKeyCacheSeconds),
       async close() {
         keyRing.stop();
-        await pool.end();
+        await closePool(pool);
       },
     };
   } catch (err) {
-    await pool.end();
+    await closePool(pool);
     throw err;
   }
 }

@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import mysql from "mysql2/promise";
 import type { Pool, PoolConnection } from "mysql2/promise";
 import { AppError } from "../domain/errors.js";
@@ -5,10 +6,25 @@ import { AppError } from "../domain/errors.js";
 export type { Pool, PoolConnection };
 
 /**
- * Row-lock waits give up after this many seconds instead of InnoDB's 50 s default, so a stuck
- * transaction turns into a retry or a 503 while the caller is still waiting.
+ * Time limits, so that no database fault holds a caller longer than a client would wait. A healthy
+ * database answers the service's statements in milliseconds; these only bite when it does not.
+ *
+ * - A TCP connect plus handshake gives up after `connectTimeoutMs` (a black-holed or overloaded
+ *   server otherwise holds a new connection for the OS's SYN retries, minutes).
+ * - Row-lock waits give up after `lockWaitTimeoutSeconds` instead of InnoDB's 50 s default: locks
+ *   are held for one short transaction, so a longer wait means something is stuck.
+ * - One statement outside a transaction, or one whole transaction with its retries, gets
+ *   `operationTimeoutMs` from the moment it asks for a connection: waiting for a pooled connection,
+ *   connecting and every round trip count. At the deadline the connection is destroyed (the server
+ *   rolls back whatever it held) and the caller gets `unavailable`.
+ * - Deadlocks and lock-wait timeouts retry the whole transaction, at most `maxAttempts` times in
+ *   all, and only while a full lock wait still fits in the budget: a held lock gives 503 after two
+ *   waits (~4 s), never 3 × 50 s.
  */
-const lockWaitTimeoutSeconds = 5;
+const connectTimeoutMs = 2_000;
+const lockWaitTimeoutSeconds = 2;
+export const operationTimeoutMs = 5_000;
+const maxAttempts = 3;
 
 export interface DatabaseOptions {
   url: string;
@@ -28,16 +44,21 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     user: decodeURIComponent(parsed.username || "root"),
     password: decodeURIComponent(parsed.password),
     timezone: "Z",
-    connectTimeout: 5_000,
+    connectTimeout: connectTimeoutMs,
     supportBigNumbers: true,
   } as const;
-  const admin = await mysql.createConnection(common);
   try {
-    await admin.query(
-      `CREATE DATABASE IF NOT EXISTS \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
-    );
-  } finally {
-    await admin.end();
+    const admin = await mysql.createConnection(common);
+    try {
+      await admin.query({
+        sql: `CREATE DATABASE IF NOT EXISTS \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+        timeout: operationTimeoutMs,
+      });
+    } finally {
+      admin.destroy();
+    }
+  } catch (err) {
+    throw translateDriverError(err);
   }
   const pool = mysql.createPool({
     ...common,
@@ -47,10 +68,40 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     queueLimit: poolSize * 16,
     enableKeepAlive: true,
   });
+  const open = new Set<{ stream: Socket }>();
+  openConnections.set(pool, open);
   pool.pool.on("connection", (conn) => {
-    conn.query(`SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`);
+    const tracked = conn as unknown as { stream: Socket };
+    open.add(tracked);
+    tracked.stream.once("close", () => open.delete(tracked));
+    // Queued ahead of the caller's first statement on this connection. With a callback, a failure
+    // (the server went away mid-setup) cannot surface as an unhandled 'error' event; the connection
+    // is then broken and the caller's own statement fails and is translated.
+    conn.query(
+      `SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
+      () => undefined,
+    );
   });
   return pool;
+}
+
+/** Each pool's connected sockets, for `closePool` to destroy what a graceful end cannot close. */
+const openConnections = new WeakMap<Pool, Set<{ stream: Socket }>>();
+
+/**
+ * Ends the pool: each connection says goodbye to the server. One that cannot (a server that stopped
+ * answering) would hold the close forever, so after `timeoutMs` the remaining sockets are destroyed.
+ */
+export async function closePool(pool: Pool, timeoutMs = 1_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      for (const conn of openConnections.get(pool) ?? []) conn.stream.destroy();
+      resolve();
+    }, timeoutMs);
+  });
+  await Promise.race([pool.end().catch(() => undefined), late]);
+  clearTimeout(timer);
 }
 
 const retryableErrnos = new Set([
@@ -63,10 +114,13 @@ const unavailableCodes = new Set([
   "ECONNRESET",
   "ETIMEDOUT",
   "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
   "PROTOCOL_CONNECTION_LOST",
   "PROTOCOL_SEQUENCE_TIMEOUT",
   "POOL_CLOSED",
   "ER_CON_COUNT_ERROR",
+  "ER_SERVER_SHUTDOWN",
 ]);
 
 interface DriverError {
@@ -81,6 +135,9 @@ export function isRetryable(err: unknown): boolean {
   return retryableErrnos.has((err as DriverError)?.errno ?? -1);
 }
 
+const unavailable = (cause?: unknown) =>
+  new AppError("unavailable", "the database is unavailable, try again", undefined, { cause });
+
 /**
  * Translates a driver error at the storage edge: connectivity, pool and lock failures become
  * `unavailable`; anything else stays an internal error whose text only reaches the log.
@@ -92,34 +149,90 @@ export function translateDriverError(err: unknown): unknown {
     isRetryable(err) ||
     unavailableCodes.has(e?.code ?? "") ||
     e?.fatal === true ||
-    /queue limit reached|pool is closed/i.test(e?.message ?? "")
+    /queue limit reached|pool is closed|closed state/i.test(e?.message ?? "")
   ) {
-    return new AppError("unavailable", "the database is unavailable, try again", undefined, { cause: err });
+    return unavailable(err);
   }
   return err;
 }
 
-const maxAttempts = 3;
+/**
+ * Kills a connection whose statement is still pending. `conn.destroy()` only half-closes the socket
+ * and silences the driver, so a statement waiting on a black-holed server would never settle;
+ * destroying the socket makes the driver fail it (PROTOCOL_CONNECTION_LOST) and drop the connection.
+ */
+function kill(conn: PoolConnection): void {
+  (conn.connection as unknown as { stream: Socket }).stream.destroy();
+}
+
+/** Drops an idle connection in an unknown state from the pool, so no later caller gets it. */
+function discard(conn: PoolConnection): void {
+  conn.destroy();
+  kill(conn);
+}
+
+/**
+ * A pooled connection, or `unavailable` once `deadline` passes. mysql2 pools have no acquire
+ * timeout: a waiter stays queued until a connection frees, and one that gave up hands it straight back.
+ */
+function acquire(pool: Pool, deadline: number): Promise<PoolConnection> {
+  return new Promise((resolve, reject) => {
+    let isLate = false;
+    const timer = setTimeout(() => {
+      isLate = true;
+      reject(unavailable(new Error("timed out waiting for a database connection")));
+    }, Math.max(0, deadline - Date.now()));
+    pool.getConnection().then(
+      (conn) => {
+        clearTimeout(timer);
+        if (isLate) conn.release();
+        else resolve(conn);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(translateDriverError(err));
+      },
+    );
+  });
+}
+
+/** Runs `work` on a pooled connection that is killed if it is still busy at `deadline`. */
+async function withConnection<T>(pool: Pool, deadline: number, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+  const conn = await acquire(pool, deadline);
+  const timer = setTimeout(() => kill(conn), Math.max(0, deadline - Date.now()));
+  try {
+    return await work(conn);
+  } finally {
+    clearTimeout(timer);
+    conn.release(); // a no-op for a connection the driver already dropped
+  }
+}
 
 /**
  * Runs `work` in a transaction, retrying the whole transaction on deadlock or lock-wait timeout a
- * bounded number of times; then `unavailable`.
+ * bounded number of times within one operation budget; then `unavailable`. A failure after COMMIT
+ * was sent is never retried: the commit may have happened.
  */
 export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+  const deadline = Date.now() + operationTimeoutMs;
   for (let attempt = 1; ; attempt++) {
-    let conn: PoolConnection | undefined;
     try {
-      conn = await pool.getConnection();
-      await conn.beginTransaction();
-      const result = await work(conn);
-      await conn.commit();
-      return result;
+      return await withConnection(pool, deadline, async (conn) => {
+        await conn.beginTransaction();
+        try {
+          const result = await work(conn);
+          await conn.commit();
+          return result;
+        } catch (err) {
+          // A connection that cannot roll back is in an unknown state: never hand it to the next caller.
+          await conn.rollback().catch(() => discard(conn));
+          throw err;
+        }
+      });
     } catch (err) {
-      await conn?.rollback().catch(() => undefined);
-      if (isRetryable(err) && attempt < maxAttempts) continue;
+      const fitsAnotherWait = deadline - Date.now() > lockWaitTimeoutSeconds * 1000;
+      if (isRetryable(err) && attempt < maxAttempts && fitsAnotherWait) continue;
       throw translateDriverError(err);
-    } finally {
-      conn?.release();
     }
   }
 }
@@ -127,9 +240,21 @@ export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) 
 /** Runs one statement outside a transaction, translating driver errors. */
 export async function query<T>(pool: Pool, sql: string, params: unknown[] = []): Promise<T> {
   try {
-    const [rows] = await pool.query(sql, params);
-    return rows as T;
+    return await withConnection(pool, Date.now() + operationTimeoutMs, async (conn) => {
+      const [rows] = await conn.query(sql, params);
+      return rows as T;
+    });
   } catch (err) {
     throw translateDriverError(err);
+  }
+}
+
+/** True when the database answers a trivial statement within `timeoutMs` (readiness probes). */
+export async function isReachable(pool: Pool, timeoutMs: number): Promise<boolean> {
+  try {
+    await withConnection(pool, Date.now() + timeoutMs, (conn) => conn.query("SELECT 1"));
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -1,0 +1,81 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AppError } from "../../src/domain/errors.js";
+import { openServices } from "../../src/services.js";
+import { faultConfig } from "./helpers/app.js";
+import { startFaultProxy, type FaultProxy } from "./helpers/fault-proxy.js";
+import { freePort, startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mariadb.js";
+
+/** The service starting before its database answers. */
+
+const run = promisify(execFile);
+let db: PrivateMariaDb;
+let proxy: FaultProxy;
+
+beforeAll(async () => {
+  db = await startPrivateMariaDb();
+  proxy = await startFaultProxy(db.port);
+});
+afterAll(async () => {
+  await proxy?.close();
+  await db?.destroy();
+});
+
+describe("openServices before the database", () => {
+  it("keeps retrying and comes up once the database appears within the deadline", async () => {
+    await db.stop();
+    const retries: number[] = [];
+    const started = Date.now();
+    const opening = openServices(faultConfig(proxy.port), { startupTimeoutMs: 20_000, onRetry: (_e, ms) => retries.push(ms) });
+    setTimeout(() => void db.start(), 1_500);
+    const services = await opening;
+    try {
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_500);
+      expect(retries.length).toBeGreaterThanOrEqual(2);
+      expect(retries.slice(0, 3)).toEqual([250, 500, 1_000]); // backoff doubles (capped at 5 s)
+      expect(services.keyRing.jwks().keys).toHaveLength(1);
+    } finally {
+      await services.close();
+    }
+  });
+
+  it("gives up with unavailable at the deadline", async () => {
+    proxy.setMode("refuse");
+    const started = Date.now();
+    const err = await openServices(faultConfig(proxy.port), { startupTimeoutMs: 1_200 }).catch((e: unknown) => e);
+    const ms = Date.now() - started;
+    proxy.setMode("pass");
+    expect(err).toBeInstanceOf(AppError);
+    expect((err as AppError).code).toBe("unavailable");
+    expect(ms).toBeGreaterThanOrEqual(1_200);
+    expect(ms).toBeLessThan(2_500);
+  });
+
+  it("does not retry what waiting cannot cure (bad credentials)", async () => {
+    const config = faultConfig(proxy.port, { DATABASE_URL: `mysql://nobody:wrong@127.0.0.1:${proxy.port}/sessions_faults` });
+    const started = Date.now();
+    const err = await openServices(config, { startupTimeoutMs: 20_000 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ errno: 1045 });
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
+  it("the server process exits 1 with a clear message past DATABASE_STARTUP_TIMEOUT_MS", async () => {
+    const deadPort = await freePort();
+    const err = (await run(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      env: {
+        ...process.env,
+        NODE_ENV: "test",
+        PORT: String(await freePort()),
+        HOST: "127.0.0.1",
+        LOG_LEVEL: "silent",
+        DATABASE_URL: `mysql://root@127.0.0.1:${deadPort}/sessions_faults`,
+        DATABASE_STARTUP_TIMEOUT_MS: "1500",
+      },
+      timeout: 20_000,
+    }).catch((e: unknown) => e)) as { code: number; stderr: string };
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain("database unavailable, retrying");
+    expect(err.stderr).toMatch(/did not answer within DATABASE_STARTUP_TIMEOUT_MS \(1500 ms\).*ECONNREFUSED/);
+  });
+});
