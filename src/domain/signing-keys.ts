@@ -4,6 +4,7 @@ import type { Clock } from "./clock.js";
 import type { SigningKeyRecord } from "./model.js";
 import type { SigningKeyStore } from "./ports.js";
 import { newId } from "./secrets.js";
+import { checkClaimSanity, checkTokenFormat } from "./token-format.js";
 
 /**
  * JWKS responses may be cached this long. Rotation publishes a new key at least this far ahead of
@@ -239,19 +240,29 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
         .sign(signer.privateKey);
     },
     async verify(token) {
+      const invalid = { ok: false, code: "invalid_token", message: "the access token is invalid" } as const;
+      // Shape, canonical encoding and the exact header first: nothing else reaches jose.
+      if (!checkTokenFormat(token).ok) return invalid;
+      const now = clock.now();
       try {
         const { payload, protectedHeader } = await jwtVerify<AccessTokenClaims>(token, getKey, {
           algorithms: ["EdDSA"],
           typ: "at+jwt",
           issuer,
-          currentDate: clock.now(),
+          currentDate: now,
           clockTolerance: clockToleranceSeconds,
           requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "sid", "tenant_id", "role", "mfa_verified"],
         });
+        if (checkClaimSanity(payload, now, clockToleranceSeconds, maxAccessTokenTtlSeconds) !== undefined) return invalid;
         return { ok: true, claims: payload, header: protectedHeader };
       } catch (err) {
-        if (err instanceof joseErrors.JWTExpired) return { ok: false, code: "token_expired", message: "the access token has expired" };
-        if (err instanceof joseErrors.JOSEError) return { ok: false, code: "invalid_token", message: "the access token is invalid" };
+        // An expired token is token_expired only when nothing else is wrong with it.
+        if (err instanceof joseErrors.JWTExpired) {
+          return checkClaimSanity(err.payload, now, clockToleranceSeconds, maxAccessTokenTtlSeconds) === undefined
+            ? { ok: false, code: "token_expired", message: "the access token has expired" }
+            : invalid;
+        }
+        if (err instanceof joseErrors.JOSEError) return invalid;
         throw err;
       }
     },
