@@ -4,11 +4,7 @@ import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import mysql from "mysql2/promise";
-import { mintApiKey } from "../src/domain/api-keys.js";
-import { newId } from "../src/domain/secrets.js";
-import { openDatabase } from "../src/store/db.js";
-import { migrate } from "../src/store/migrate.js";
-import { createTenantStore } from "../src/store/tenant-store.js";
+import { rateLimitsOff, seedTenant } from "./seed.js";
 
 /**
  * `npm run bench`: throughput of the real service against baselines measured in the same run on
@@ -67,24 +63,13 @@ async function refreshLoad(base: string, headers: Record<string, string>): Promi
 }
 
 async function main() {
-  const pool = await openDatabase({ url: databaseUrl, poolSize: 4 });
-  await migrate(pool);
-  const tenantId = newId("tnt");
-  const { key, secret, hash } = mintApiKey(tenantId, new Date());
-  await createTenantStore(pool).createTenant({ id: tenantId, name: "bench", createdAt: new Date() });
-  await createTenantStore(pool).createApiKey(key, hash);
-  await pool.end();
-
-  // Rate limits are off: the bench measures the service's throughput, not the limiter's refusals.
+  const { tenantId, secret } = await seedTenant(databaseUrl, "bench");
   const service = await startChild("bench/service-child.ts", {
     DATABASE_URL: databaseUrl,
     LOG_LEVEL: "warn",
     NODE_ENV: "production",
     KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url"),
-    RATE_LIMIT_READ_PER_MINUTE: "0",
-    RATE_LIMIT_WRITE_PER_MINUTE: "0",
-    RATE_LIMIT_REFRESH_PER_MINUTE: "0",
-    RATE_LIMIT_IP_PER_MINUTE: "0",
+    ...rateLimitsOff,
   });
   const base = `http://127.0.0.1:${service.port}`;
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };

@@ -3,12 +3,9 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import mysql from "mysql2/promise";
-import { mintApiKey } from "../src/domain/api-keys.js";
-import { hashSecret, newId } from "../src/domain/secrets.js";
-import { openDatabase } from "../src/store/db.js";
-import { migrate } from "../src/store/migrate.js";
-import { createTenantStore } from "../src/store/tenant-store.js";
+import { hashSecret } from "../src/domain/secrets.js";
 import { freePort, startPrivateMariaDb } from "../test/faults/helpers/private-mariadb.js";
+import { rateLimitsOff, seedTenant } from "./seed.js";
 
 /**
  * `npm run soak` (not part of CI): mixed load against the real service on loopback for
@@ -41,13 +38,7 @@ function count(kind: string, status: number | string) {
 async function main() {
   const db = await startPrivateMariaDb();
   const databaseUrl = `${db.url}/${database}`;
-  const pool = await openDatabase({ url: databaseUrl, poolSize: 2 });
-  await migrate(pool);
-  const tenantId = newId("tnt");
-  const { key, secret, hash } = mintApiKey(tenantId, new Date());
-  await createTenantStore(pool).createTenant({ id: tenantId, name: "soak", createdAt: new Date() });
-  await createTenantStore(pool).createApiKey(key, hash);
-  await pool.end();
+  const { tenantId, secret } = await seedTenant(databaseUrl, "soak");
 
   const port = await freePort();
   const service = fork("src/main.ts", [], {
@@ -59,10 +50,7 @@ async function main() {
       LOG_LEVEL: "error",
       NODE_ENV: "production",
       KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url"),
-      RATE_LIMIT_READ_PER_MINUTE: "0",
-      RATE_LIMIT_WRITE_PER_MINUTE: "0",
-      RATE_LIMIT_REFRESH_PER_MINUTE: "0",
-      RATE_LIMIT_IP_PER_MINUTE: "0",
+      ...rateLimitsOff,
     },
     execArgv: ["--import", "tsx"],
     stdio: ["ignore", "ignore", "inherit", "ipc"],

@@ -2,13 +2,13 @@ import { decodeProtectedHeader } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { endOf, statusOf, type SessionPolicy } from "../src/domain/model.js";
 import { defaultPolicy } from "../src/domain/policy.js";
-import type { CreateInput } from "../src/domain/session-service.js";
 import { newId } from "../src/domain/secrets.js";
 import { maxAccessTokenTtlSeconds, revokeSigningKey, rotateSigningKey, rotationLeadSeconds } from "../src/domain/signing-keys.js";
 import { openServices, type Services } from "../src/services.js";
 import { createPolicyStore } from "../src/store/policy-store.js";
 import { createSigningKeyStore } from "../src/store/signing-key-store.js";
 import { manualClock } from "./helpers/clock.js";
+import { createInput } from "./helpers/sessions.js";
 import { dropDatabase, testConfig } from "./helpers/db.js";
 
 /** Session lifecycle against the real database, with an injected clock instead of sleeps. */
@@ -18,16 +18,7 @@ const clock = manualClock();
 const config = testConfig({ API_KEY_CACHE_SECONDS: "0" });
 let services: Services;
 
-const input = (userId: string): CreateInput => ({
-  userId,
-  userAgent: "",
-  ipAddress: "",
-  country: "",
-  deviceType: undefined,
-  role: "",
-  orgId: undefined,
-  isMfaVerified: false,
-});
+const input = (userId: string) => createInput({ userId });
 
 async function tenantWith(policy: Partial<SessionPolicy>): Promise<string> {
   const tenantId = newId("tnt");

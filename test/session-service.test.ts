@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError } from "../src/domain/errors.js";
-import type { CreateInput } from "../src/domain/session-service.js";
 import { openServices, type Services } from "../src/services.js";
 import { hashSecret, newId } from "../src/domain/secrets.js";
 import { manualClock } from "./helpers/clock.js";
+import { createInput } from "./helpers/sessions.js";
 import { dropDatabase, testConfig } from "./helpers/db.js";
 
 const clock = manualClock();
@@ -12,17 +12,6 @@ let services: Services;
 const tenantA = newId("tnt");
 const tenantB = newId("tnt");
 
-const input = (over: Partial<CreateInput> = {}): CreateInput => ({
-  userId: "usr_1",
-  userAgent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)",
-  ipAddress: "203.0.113.42",
-  country: "us",
-  deviceType: undefined,
-  role: "",
-  orgId: undefined,
-  isMfaVerified: false,
-  ...over,
-});
 
 async function expectAppError(promise: Promise<unknown>, code: string, field?: string) {
   const err = await promise.then(
@@ -44,7 +33,7 @@ afterAll(async () => {
 
 describe("create", () => {
   it("stores the session, derives the device type and returns a verifiable token pair", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     expect(pair.session.id).toMatch(/^ses_[0-9A-Z]{26}$/);
     expect(pair.session).toMatchObject({ deviceType: "desktop", country: "US", role: "member", orgId: null });
     expect(pair.refreshToken).toMatch(/^rt_[A-Za-z0-9_-]{43}$/);
@@ -63,13 +52,13 @@ describe("create", () => {
     [{ role: "r".repeat(65) }, "role"],
     [{ userId: "u".repeat(256) }, "user_id"],
   ])("rejects %o naming %s", async (over, field) => {
-    await expectAppError(services.sessionService.create(tenantA, input(over)), "invalid_request", field);
+    await expectAppError(services.sessionService.create(tenantA, createInput(over)), "invalid_request", field);
   });
 });
 
 describe("get and tenancy", () => {
   it("treats another tenant's session and malformed ids exactly like missing ones", async () => {
-    const { session } = await services.sessionService.create(tenantA, input());
+    const { session } = await services.sessionService.create(tenantA, createInput());
     await expectAppError(services.sessionService.get(tenantB, session.id), "session_not_found");
     await expectAppError(services.sessionService.get(tenantA, "ses_nope"), "session_not_found");
     await expectAppError(services.sessionService.revoke(tenantB, session.id, null), "session_not_found");
@@ -77,7 +66,7 @@ describe("get and tenancy", () => {
   });
 
   it("reports another tenant's token as tenant_mismatch without looking at the session", async () => {
-    const { accessToken } = await services.sessionService.create(tenantA, input());
+    const { accessToken } = await services.sessionService.create(tenantA, createInput());
     expect(await services.sessionService.verify(tenantB, accessToken)).toMatchObject({ valid: false, code: "tenant_mismatch" });
   });
 });
@@ -87,7 +76,7 @@ describe("list", () => {
     const user = `usr_${Date.now()}`;
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
-      ids.push((await services.sessionService.create(tenantA, input({ userId: user }))).session.id);
+      ids.push((await services.sessionService.create(tenantA, createInput({ userId: user }))).session.id);
       clock.advance(i % 2 === 0 ? 0 : 1); // some share a timestamp: the id breaks the tie
     }
     const seen: string[] = [];
@@ -120,8 +109,8 @@ describe("list", () => {
 
   it("filters by derived status", async () => {
     const user = `usr_status_${Date.now()}`;
-    const a = await services.sessionService.create(tenantA, input({ userId: user }));
-    const b = await services.sessionService.create(tenantA, input({ userId: user }));
+    const a = await services.sessionService.create(tenantA, createInput({ userId: user }));
+    const b = await services.sessionService.create(tenantA, createInput({ userId: user }));
     await services.sessionService.revoke(tenantA, b.session.id, null);
     const list = async (status: "active" | "revoked" | "expired" | undefined) =>
       (await services.sessionService.list(tenantA, { userId: user, status, limit: 10, cursor: "" })).sessions.map((s) => s.id);
@@ -137,7 +126,7 @@ describe("list", () => {
 
 describe("revoke", () => {
   it("revokes one session; its tokens stop working at once; revoking again is a no-op", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     await services.sessionService.revoke(tenantA, pair.session.id, null);
     const session = await services.sessionService.get(tenantA, pair.session.id);
     expect(session).toMatchObject({ revokeReason: "revoked" });
@@ -149,8 +138,8 @@ describe("revoke", () => {
 
   it("revokes all of a user's sessions, optionally all but one, and counts them", async () => {
     const user = `usr_all_${Date.now()}`;
-    const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, input({ userId: user }))));
-    const other = await services.sessionService.create(tenantA, input({ userId: `${user}_other` }));
+    const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, createInput({ userId: user }))));
+    const other = await services.sessionService.create(tenantA, createInput({ userId: `${user}_other` }));
     const keep = pairs[0]!.session.id;
     expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(2);
     expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(0);
@@ -162,8 +151,8 @@ describe("revoke", () => {
 
   it("revoke-all catches a session created in the same millisecond", async () => {
     const tenant = newId("tnt");
-    const before = await services.sessionService.create(tenant, input());
-    const racing = services.sessionService.create(tenant, input());
+    const before = await services.sessionService.create(tenant, createInput());
+    const racing = services.sessionService.create(tenant, createInput());
     const revoked = await services.sessionService.revokeAll(tenant, { userId: "", exceptSessionId: "" }, null);
     const created = await racing;
     const states = await Promise.all([before, created].map((p) => services.sessionService.verify(tenant, p.accessToken)));
@@ -175,7 +164,7 @@ describe("revoke", () => {
 
 describe("verify", () => {
   it("rejects expired tokens and garbage, and requires a token", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     await expectAppError(services.sessionService.verify(tenantA, ""), "invalid_request", "token");
     expect(await services.sessionService.verify(tenantA, "garbage")).toMatchObject({ valid: false, code: "invalid_token" });
     expect(await services.sessionService.verify(tenantA, `${pair.accessToken}x`)).toMatchObject({ valid: false, code: "invalid_token" });
@@ -188,7 +177,7 @@ describe("verify", () => {
 
 describe("refresh", () => {
   it("rotates: the new token works, the session's last_active_at moves", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     clock.advance(60_000);
     const next = await services.sessionService.refresh(tenantA, pair.refreshToken);
     expect(next.refreshToken).not.toBe(pair.refreshToken);
@@ -202,7 +191,7 @@ describe("refresh", () => {
   });
 
   it("forgives a retry within the grace window, and treats reuse after it as theft", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
     clock.advance(5_000);
     const retry = await services.sessionService.refresh(tenantA, pair.refreshToken);
@@ -217,7 +206,7 @@ describe("refresh", () => {
   });
 
   it("rejects unknown, malformed and other tenants' refresh tokens without touching the session", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     await expectAppError(services.sessionService.refresh(tenantB, pair.refreshToken), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, "rt_nope"), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, ""), "invalid_request", "refresh_token");
@@ -226,14 +215,14 @@ describe("refresh", () => {
   });
 
   it("refuses after the session's absolute expiry", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     clock.advance(30 * 24 * 3600 * 1000 + 1);
     await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "refresh_token_expired");
     clock.advance(-(30 * 24 * 3600 * 1000 + 1));
   });
 
   it.each([2, 5, 20])("%d concurrent refreshes of one token leave exactly one live successor", async (n) => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     const results = await Promise.allSettled(Array.from({ length: n }, () => services.sessionService.refresh(tenantA, pair.refreshToken)));
     const successes = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     // Every concurrent call is within the grace window: all succeed, none is a 5xx.
@@ -253,7 +242,7 @@ describe("refresh", () => {
   });
 
   it("a refresh racing a revoke leaves nothing usable", async () => {
-    const pair = await services.sessionService.create(tenantA, input());
+    const pair = await services.sessionService.create(tenantA, createInput());
     const [refreshed] = await Promise.allSettled([
       services.sessionService.refresh(tenantA, pair.refreshToken),
       services.sessionService.revoke(tenantA, pair.session.id, null),

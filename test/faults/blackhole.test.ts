@@ -1,10 +1,8 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { SessionService } from "../../gen/sessions/v1/sessions_pb.js";
-import { call, createSession, eventually, startFaultApp, type FaultApp } from "./helpers/app.js";
-import { startFaultProxy, type FaultProxy } from "./helpers/fault-proxy.js";
-import { startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mariadb.js";
+import { call, createSession, eventually, useFaultStack } from "./helpers/app.js";
 
 /**
  * A database that accepts but never answers (a network partition, a hung server) or answers slowly.
@@ -14,55 +12,42 @@ import { startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mari
 const operationBudgetMs = 5_000;
 const slackMs = 1_500;
 
-let db: PrivateMariaDb;
-let proxy: FaultProxy;
-let svc: FaultApp;
+// A small pool, so that exhausting it is cheap: 2 connections, 32 waiters.
+const stack = useFaultStack({ DATABASE_POOL_SIZE: "2" });
 
-beforeAll(async () => {
-  db = await startPrivateMariaDb();
-  proxy = await startFaultProxy(db.port);
-  // A small pool, so that exhausting it is cheap: 2 connections, 32 waiters.
-  svc = await startFaultApp(proxy.port, { DATABASE_POOL_SIZE: "2" });
-});
-afterAll(async () => {
-  await svc?.close();
-  await proxy?.close();
-  await db?.destroy();
-});
-
-const rpc = () => createClient(SessionService, createGrpcTransport({ baseUrl: svc.url }));
+const rpc = () => createClient(SessionService, createGrpcTransport({ baseUrl: stack.svc.url }));
 
 async function recover() {
-  proxy.setLatency(0);
-  proxy.setMode("pass");
-  await eventually(async () => (await createSession(svc, "usr_recover")).status === 201, 15_000);
+  stack.proxy.setLatency(0);
+  stack.proxy.setMode("pass");
+  await eventually(async () => (await createSession(stack.svc, "usr_recover")).status === 201, 15_000);
 }
 
 describe("black-holed database", () => {
   it("REST calls end with 503 unavailable within the server-side budget", async () => {
-    expect((await createSession(svc, "usr_bh")).status).toBe(201); // pooled connections exist
-    proxy.setMode("blackhole");
-    const results = await Promise.all([createSession(svc, "usr_bh"), call(svc.url, "GET", "/v1/sessions", { headers: svc.headers })]);
+    expect((await createSession(stack.svc, "usr_bh")).status).toBe(201); // pooled connections exist
+    stack.proxy.setMode("blackhole");
+    const results = await Promise.all([createSession(stack.svc, "usr_bh"), call(stack.svc.url, "GET", "/v1/sessions", { headers: stack.svc.headers })]);
     for (const res of results) {
       expect(res.status).toBe(503);
       expect(res.json?.error.code).toBe("unavailable");
       expect(res.ms).toBeLessThan(operationBudgetMs + slackMs);
     }
     // New connections hang too (the handshake never comes): same bound.
-    const fresh = await createSession(svc, "usr_bh");
+    const fresh = await createSession(stack.svc, "usr_bh");
     expect(fresh.status).toBe(503);
     expect(fresh.ms).toBeLessThan(operationBudgetMs + slackMs);
-    const ready = await call(svc.url, "GET", "/readyz");
+    const ready = await call(stack.svc.url, "GET", "/readyz");
     expect(ready.status).toBe(503);
     expect(ready.ms).toBeLessThan(operationBudgetMs + slackMs);
     await recover();
   });
 
   it("an RPC with a deadline ends at about that deadline", async () => {
-    proxy.setMode("blackhole");
+    stack.proxy.setMode("blackhole");
     const started = performance.now();
     const err = await rpc()
-      .listSessions({}, { timeoutMs: 1_000, headers: svc.headers })
+      .listSessions({}, { timeoutMs: 1_000, headers: stack.svc.headers })
       .catch((e: unknown) => e);
     const ms = performance.now() - started;
     expect(ConnectError.from(err).code).toBe(Code.DeadlineExceeded);
@@ -72,8 +57,8 @@ describe("black-holed database", () => {
   });
 
   it("pool exhaustion: a bounded queue, fast 503s past it, every call ends within the budget", async () => {
-    proxy.setMode("blackhole");
-    const results = await Promise.all(Array.from({ length: 80 }, (_, i) => createSession(svc, `usr_flood_${i}`)));
+    stack.proxy.setMode("blackhole");
+    const results = await Promise.all(Array.from({ length: 80 }, (_, i) => createSession(stack.svc, `usr_flood_${i}`)));
     expect(new Set(results.map((r) => r.status))).toEqual(new Set([503]));
     for (const r of results) expect(r.json?.error.code).toBe("unavailable");
     // 2 connections + 32 queued waiters; the rest are refused by the queue limit at once.
@@ -86,8 +71,8 @@ describe("black-holed database", () => {
 
 describe("slow database", () => {
   it("added latency slows calls but they succeed", async () => {
-    proxy.setLatency(50);
-    const res = await createSession(svc, "usr_slow");
+    stack.proxy.setLatency(50);
+    const res = await createSession(stack.svc, "usr_slow");
     expect(res.status).toBe(201);
     await recover();
   });
@@ -96,9 +81,9 @@ describe("slow database", () => {
     // The API key and tenant policy are cached from the call before: only the create's own
     // transaction meets the latency. (Each database operation has its own budget; a request makes
     // at most three in a row: key check, policy, the operation.)
-    expect((await createSession(svc, "usr_warm")).status).toBe(201);
-    proxy.setLatency(2_000);
-    const res = await createSession(svc, "usr_very_slow");
+    expect((await createSession(stack.svc, "usr_warm")).status).toBe(201);
+    stack.proxy.setLatency(2_000);
+    const res = await createSession(stack.svc, "usr_very_slow");
     expect(res.status).toBe(503);
     expect(res.ms).toBeLessThan(operationBudgetMs + slackMs);
     await recover();

@@ -1,30 +1,13 @@
 import type { RowDataPacket } from "mysql2/promise";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  createSession, directConnection, eventually, hashSecret, refreshSession, revokeSession, startFaultApp, type CallResult, type FaultApp,
-} from "./helpers/app.js";
-import { startFaultProxy, type FaultProxy } from "./helpers/fault-proxy.js";
-import { startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mariadb.js";
+import { describe, expect, it } from "vitest";
+import { createSession, directConnection, eventually, hashSecret, refreshSession, revokeSession, type CallResult, useFaultStack } from "./helpers/app.js";
 
 /**
  * A bounded mixed load (create, refresh, revoke) while the database restarts. Every acknowledged
  * (2xx) operation must be durable; failures may only be 503.
  */
 
-let db: PrivateMariaDb;
-let proxy: FaultProxy;
-let svc: FaultApp;
-
-beforeAll(async () => {
-  db = await startPrivateMariaDb();
-  proxy = await startFaultProxy(db.port);
-  svc = await startFaultApp(proxy.port);
-});
-afterAll(async () => {
-  await svc?.close();
-  await proxy?.close();
-  await db?.destroy();
-});
+const stack = useFaultStack();
 
 interface Track {
   id: string;
@@ -48,7 +31,7 @@ describe("database restart under load", () => {
 
     async function worker(w: number) {
       for (let n = 0; Date.now() < stopAt; n++) {
-        const created = await createSession(svc, `usr_load_${w}`);
+        const created = await createSession(stack.svc, `usr_load_${w}`);
         count("create", created);
         if (created.status !== 201) {
           if (created.status !== 503) unexpected.push(`create ${created.status}`);
@@ -61,7 +44,7 @@ describe("database restart under load", () => {
         // A few refreshes, then (most of the time) a revoke; retry each 503 with the same input.
         for (let step = 0; step < 4 && Date.now() < stopAt && !t.isAbandoned; ) {
           const isRevoke = step === 3 && n % 4 !== 0;
-          const res = isRevoke ? await revokeSession(svc, t.id) : await refreshSession(svc, token);
+          const res = isRevoke ? await revokeSession(stack.svc, t.id) : await refreshSession(stack.svc, token);
           count(isRevoke ? "revoke" : "refresh", res);
           if (res.status === 200 || res.status === 204) {
             if (isRevoke) t.isRevokeAcked = true;
@@ -84,9 +67,9 @@ describe("database restart under load", () => {
     const load = Promise.all(Array.from({ length: 6 }, (_, w) => worker(w)));
     await new Promise((r) => setTimeout(r, 1_500));
     const acksBefore = tracks.length;
-    await db.stop();
+    await stack.db.stop();
     await new Promise((r) => setTimeout(r, 1_000)); // down for a while: calls in this window get 503
-    await db.start();
+    await stack.db.start();
     await load;
 
     expect(unexpected.slice(0, 5)).toEqual([]);
@@ -97,19 +80,19 @@ describe("database restart under load", () => {
     expect(acksBefore).toBeGreaterThan(0);
     expect(tracks.length).toBeGreaterThan(acksBefore); // it served again after the restart
 
-    const conn = await directConnection(db.port);
+    const conn = await directConnection(stack.db.port);
     try {
       for (const t of tracks) {
         const [[row]] = await conn.query<RowDataPacket[]>(
           "SELECT revoked_at, refresh_token_hash FROM sessions WHERE tenant_id = ? AND id = ?",
-          [svc.tenantId, t.id],
+          [stack.svc.tenantId, t.id],
         );
         expect(row, `acknowledged create ${t.id}`).toBeDefined();
         if (t.isRevokeAcked) expect(row!.revoked_at, `acknowledged revoke ${t.id}`).not.toBeNull();
         for (const [i, token] of t.refreshed.entries()) {
           const [[tok]] = await conn.query<RowDataPacket[]>(
             "SELECT rotated_at FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ?",
-            [svc.tenantId, hashSecret(token)],
+            [stack.svc.tenantId, hashSecret(token)],
           );
           expect(tok, `acknowledged refresh ${t.id} #${i}`).toBeDefined();
           const isLive = Buffer.compare(row!.refresh_token_hash as Buffer, hashSecret(token)) === 0;
@@ -122,6 +105,6 @@ describe("database restart under load", () => {
     } finally {
       await conn.end();
     }
-    await eventually(async () => (await createSession(svc, "usr_after")).status === 201, 10_000);
+    await eventually(async () => (await createSession(stack.svc, "usr_after")).status === 201, 10_000);
   });
 });

@@ -2,6 +2,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
 import mysql from "mysql2/promise";
+import { afterAll, beforeAll } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
 import { buildApp } from "../../../src/app.js";
 import { loadConfig, type Config } from "../../../src/config.js";
@@ -9,6 +10,9 @@ import { mintApiKey } from "../../../src/domain/api-keys.js";
 import { newId } from "../../../src/domain/secrets.js";
 import { openServices, type Services } from "../../../src/services.js";
 import { createTenantStore } from "../../../src/store/tenant-store.js";
+
+import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
+import { startPrivateMariaDb, type PrivateMariaDb } from "./private-mariadb.js";
 
 export { HealthCheckResponse_ServingStatus as ServingStatus };
 
@@ -61,6 +65,31 @@ export async function startFaultApp(dbPort: number, env: Record<string, string> 
     tenantId,
     close: () => app.close(),
   };
+}
+
+export interface FaultStack {
+  db: PrivateMariaDb;
+  proxy: FaultProxy;
+  svc: FaultApp;
+}
+
+/**
+ * Registers beforeAll/afterAll for a private MariaDB, a fault proxy in front of it and the app
+ * talking to the proxy; the returned object is filled in once beforeAll has run.
+ */
+export function useFaultStack(env: Record<string, string> = {}): FaultStack {
+  const stack = {} as FaultStack;
+  beforeAll(async () => {
+    stack.db = await startPrivateMariaDb();
+    stack.proxy = await startFaultProxy(stack.db.port);
+    stack.svc = await startFaultApp(stack.proxy.port, env);
+  });
+  afterAll(async () => {
+    await stack.svc?.close();
+    await stack.proxy?.close();
+    await stack.db?.destroy();
+  });
+  return stack;
 }
 
 export interface CallResult {
