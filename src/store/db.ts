@@ -1,6 +1,7 @@
 import type { Socket } from "node:net";
 import mysql from "mysql2/promise";
 import type { Pool, PoolConnection } from "mysql2/promise";
+import { currentDeadline } from "../domain/deadline.js";
 import { AppError } from "../domain/errors.js";
 
 export type { Pool, PoolConnection };
@@ -14,9 +15,10 @@ export type { Pool, PoolConnection };
  * - Row-lock waits give up after `lockWaitTimeoutSeconds` instead of InnoDB's 50 s default: locks
  *   are held for one short transaction, so a longer wait means something is stuck.
  * - One statement outside a transaction, or one whole transaction with its retries, gets
- *   `operationTimeoutMs` from the moment it asks for a connection: waiting for a pooled connection,
- *   connecting and every round trip count. At the deadline the connection is destroyed (the server
- *   rolls back whatever it held) and the caller gets `unavailable`.
+ *   `operationTimeoutMs` from the moment it asks for a connection, or less when the calling client's
+ *   deadline (src/domain/deadline.ts) comes first: waiting for a pooled connection, connecting and
+ *   every round trip count. At the deadline the connection is destroyed (the server rolls back
+ *   whatever it held) and the caller gets `unavailable`.
  * - Deadlocks and lock-wait timeouts retry the whole transaction, at most `maxAttempts` times in
  *   all, and only while a full lock wait still fits in the budget: a held lock gives 503 after two
  *   waits (~4 s), never 3 × 50 s.
@@ -208,13 +210,18 @@ async function withConnection<T>(pool: Pool, deadline: number, work: (conn: Pool
   }
 }
 
+/** An operation's own budget, or the calling client's deadline when that comes first. */
+function operationDeadline(): number {
+  return Math.min(Date.now() + operationTimeoutMs, currentDeadline() ?? Infinity);
+}
+
 /**
  * Runs `work` in a transaction, retrying the whole transaction on deadlock or lock-wait timeout a
  * bounded number of times within one operation budget; then `unavailable`. A failure after COMMIT
  * was sent is never retried: the commit may have happened.
  */
 export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
-  const deadline = Date.now() + operationTimeoutMs;
+  const deadline = operationDeadline();
   for (let attempt = 1; ; attempt++) {
     try {
       return await withConnection(pool, deadline, async (conn) => {
@@ -240,7 +247,7 @@ export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) 
 /** Runs one statement outside a transaction, translating driver errors. */
 export async function query<T>(pool: Pool, sql: string, params: unknown[] = []): Promise<T> {
   try {
-    return await withConnection(pool, Date.now() + operationTimeoutMs, async (conn) => {
+    return await withConnection(pool, operationDeadline(), async (conn) => {
       const [rows] = await conn.query(sql, params);
       return rows as T;
     });

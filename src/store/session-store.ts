@@ -1,5 +1,6 @@
 import DataLoader from "dataloader";
 import type { RowDataPacket } from "mysql2/promise";
+import { withoutDeadline } from "../domain/deadline.js";
 import type { DeviceType, RevokeReason, Session } from "../domain/model.js";
 import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, SessionState, SessionStore } from "../domain/ports.js";
 import { inTransaction, query, type Pool } from "./db.js";
@@ -96,10 +97,13 @@ export function createSessionStore(pool: Pool): SessionStore {
       const found = new Map<string, SessionState>();
       await Promise.all(
         [...byTenant].map(async ([tenantId, ids]) => {
-          const rows = await query<StateRow[]>(
-            pool,
-            "SELECT tenant_id, id, expires_at, idle_expires_at, revoked_at, revoke_reason FROM sessions WHERE tenant_id = ? AND id IN (?)",
-            [tenantId, ids],
+          // The batch serves many calls: no one caller's deadline may cut it short.
+          const rows = await withoutDeadline(() =>
+            query<StateRow[]>(
+              pool,
+              "SELECT tenant_id, id, expires_at, idle_expires_at, revoked_at, revoke_reason FROM sessions WHERE tenant_id = ? AND id IN (?)",
+              [tenantId, ids],
+            ),
           );
           for (const r of rows) {
             found.set(`${r.tenant_id}\0${r.id}`, {

@@ -3,6 +3,7 @@ import { createContextKey, type HandlerContext, type ServiceImpl } from "@connec
 import type { FastifyBaseLogger } from "fastify";
 import { is_public } from "../../gen/sessions/v1/options_pb.js";
 import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
+import { withDeadline } from "../domain/deadline.js";
 import { toConnectError, toPublicError } from "./error-codes.js";
 import type { Metrics } from "./metrics.js";
 import { tierOf, type RateLimits } from "./rate-limits.js";
@@ -49,7 +50,8 @@ export function guardService<S extends DescService>(service: S, impl: ServiceImp
           : await deps.authenticator.authenticate(ctx.requestHeader.get("authorization"), ctx.requestHeader.get("x-tenant-id"));
         ctx.values.set(callerKey, caller);
         await deps.rateLimits.checkTenant(ctx, tier, caller.tenantId);
-        const res = await handler(req, ctx);
+        // A gRPC/Connect deadline bounds the database work done for the call, not just the wait.
+        const res = await withDeadline(ctx.timeoutMs(), () => handler(req, ctx));
         stop("ok");
         return res;
       } catch (err) {

@@ -56,6 +56,23 @@ describe("black-holed database", () => {
     await recover();
   });
 
+  it("a client's deadline stops the database work done for it, freeing the pool", async () => {
+    // Every answer from the database arrives 3 s late; two RPCs that give up after 500 ms hold both
+    // pooled connections unless their deadline reaches the database work.
+    stack.proxy.setLatency(3_000);
+    const results = await Promise.all(
+      [1, 2].map(() => rpc().listSessions({}, { timeoutMs: 500, headers: stack.svc.headers }).catch((e: unknown) => ConnectError.from(e))),
+    );
+    for (const r of results) expect((r as ConnectError).code).toBe(Code.DeadlineExceeded);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    stack.proxy.setLatency(0);
+    const next = await call(stack.svc.url, "GET", "/v1/sessions", { headers: stack.svc.headers });
+    expect(next.status).toBe(200);
+    // Without propagation it would wait ~2.3 s more for a connection to come back.
+    expect(next.ms).toBeLessThan(1_000);
+    await recover();
+  });
+
   it("pool exhaustion: a bounded queue, fast 503s past it, every call ends within the budget", async () => {
     stack.proxy.setMode("blackhole");
     const results = await Promise.all(Array.from({ length: 80 }, (_, i) => createSession(stack.svc, `usr_flood_${i}`)));
