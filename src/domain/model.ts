@@ -85,12 +85,11 @@ export interface ApiKey {
   revokedAt: Date | null;
 }
 
-/** One row per refresh token ever issued for a session. */
+/** What the refresh rules need to know of the presented refresh token. */
 export interface RefreshTokenRecord {
-  sessionId: string;
-  createdAt: Date;
+  /** When it was rotated away; null while it is the session's live token. */
   rotatedAt: Date | null;
-  /** True when the token this one was rotated into is still the session's live token. */
+  /** True when the token it was rotated into is still the session's live token. */
   isSuccessorLive: boolean;
 }
 

@@ -35,7 +35,6 @@ interface SessionRow extends RowDataPacket {
 
 interface RefreshRow extends SessionRow {
   live_hash: Buffer;
-  t_created_at: Date;
   t_rotated_at: Date | null;
   successor_live: number;
 }
@@ -221,8 +220,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         // rotation and revoke of a session writes its row, so they serialise on it; revokes lock
         // nothing else, so no lock cycle is possible.
         const [rows] = await conn.query<RefreshRow[]>(
-          `SELECT ${sessionColumnsOf("s")}, s.refresh_token_hash AS live_hash,
-                  t.created_at AS t_created_at, t.rotated_at AS t_rotated_at,
+          `SELECT ${sessionColumnsOf("s")}, s.refresh_token_hash AS live_hash, t.rotated_at AS t_rotated_at,
                   (t.successor_hash = s.refresh_token_hash) AS successor_live
              FROM refresh_tokens t
              JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
@@ -234,7 +232,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         if (!row) return { ok: false, error: "refresh_token_invalid" };
         const session = toSession(row);
         const decision = decide(
-          { sessionId: session.id, createdAt: row.t_created_at, rotatedAt: row.t_rotated_at, isSuccessorLive: row.successor_live === 1 },
+          { rotatedAt: row.t_rotated_at, isSuccessorLive: row.successor_live === 1 },
           session,
         );
         if (decision.action === "reject") return { ok: false, error: decision.error };
