@@ -1,6 +1,7 @@
+import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import mysql from "mysql2/promise";
-import type { Pool, PoolConnection } from "mysql2/promise";
+import type { Pool, PoolConnection, RowDataPacket } from "mysql2/promise";
 import { currentDeadline } from "../domain/deadline.js";
 import { AppError } from "../domain/errors.js";
 
@@ -220,20 +221,29 @@ function operationDeadline(): number {
  * bounded number of times within one operation budget; then `unavailable`. A failure after COMMIT
  * was sent is never retried: the commit may have happened.
  */
-export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+export async function inTransaction<T>(
+  pool: Pool,
+  work: (conn: PoolConnection) => Promise<T>,
+  { serializeOn }: { serializeOn?: string } = {},
+): Promise<T> {
   const deadline = operationDeadline();
   for (let attempt = 1; ; attempt++) {
     try {
       return await withConnection(pool, deadline, async (conn) => {
-        await conn.beginTransaction();
+        if (serializeOn !== undefined) await takeNamedLock(conn, serializeOn, deadline);
         try {
-          const result = await work(conn);
-          await conn.commit();
-          return result;
-        } catch (err) {
-          // A connection that cannot roll back is in an unknown state: never hand it to the next caller.
-          await conn.rollback().catch(() => discard(conn));
-          throw err;
+          await conn.beginTransaction();
+          try {
+            const result = await work(conn);
+            await conn.commit();
+            return result;
+          } catch (err) {
+            // A connection that cannot roll back is in an unknown state: never hand it to the next caller.
+            await conn.rollback().catch(() => discard(conn));
+            throw err;
+          }
+        } finally {
+          if (serializeOn !== undefined) await conn.query("SELECT RELEASE_LOCK(?)", [namedLock(serializeOn)]).catch(() => discard(conn));
         }
       });
     } catch (err) {
@@ -242,6 +252,22 @@ export async function inTransaction<T>(pool: Pool, work: (conn: PoolConnection) 
       throw translateDriverError(err);
     }
   }
+}
+
+/** Named locks are at most 64 characters: a digest of the key keeps any key within that. */
+function namedLock(key: string): string {
+  return `sessions_${createHash("sha256").update(key).digest("hex").slice(0, 40)}`;
+}
+
+/**
+ * Takes a named lock (GET_LOCK) for the connection, held until released after COMMIT. Transactions
+ * that would otherwise lock the same index range and insert into it (and so deadlock on each
+ * other's gap locks) queue on it instead. Not getting it within a lock wait is `unavailable`.
+ */
+async function takeNamedLock(conn: PoolConnection, key: string, deadline: number): Promise<void> {
+  const waitSeconds = Math.max(0, Math.min(lockWaitTimeoutSeconds, Math.floor((deadline - Date.now()) / 1000)));
+  const [rows] = await conn.query<RowDataPacket[]>("SELECT GET_LOCK(?, ?) AS got", [namedLock(key), waitSeconds]);
+  if (rows[0]?.got !== 1) throw unavailable(new Error("timed out waiting for a named lock"));
 }
 
 /** Runs one statement outside a transaction, translating driver errors. */

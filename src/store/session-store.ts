@@ -124,7 +124,8 @@ export function createSessionStore(pool: Pool): SessionStore {
     async insertSession(s, refreshTokenHash, cap) {
       await inTransaction(pool, async (conn) => {
         if (cap !== null) {
-          // Locking the user's active rows serialises concurrent creates for that user.
+          // Under the user's named lock (below), so concurrent creates for one user queue instead of
+          // deadlocking on each other's gap locks; FOR UPDATE keeps revokes of these rows out.
           const [active] = await conn.query<RowDataPacket[]>(
             `SELECT id FROM sessions WHERE tenant_id = ? AND user_id = ? AND ${activeCondition}
               ORDER BY created_at, id FOR UPDATE`,
@@ -145,7 +146,7 @@ export function createSessionStore(pool: Pool): SessionStore {
           "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
           [s.tenantId, refreshTokenHash, s.id, s.createdAt],
         );
-      });
+      }, cap === null ? {} : { serializeOn: `user-cap\0${s.tenantId}\0${s.userId}` });
     },
 
     async getSession(tenantId, id) {
@@ -241,19 +242,18 @@ export function createSessionStore(pool: Pool): SessionStore {
           return { ok: false, error: decision.error };
         }
         // Rotate: the live token (the presented one, or on a retry within grace, its successor) is
-        // retired and the presented token points at the new one, which becomes the one live token.
+        // retired and the presented token points at the new one, which becomes the session's one
+        // live token. One multi-table UPDATE writes the token rows and the session row.
         await conn.query(
-          `UPDATE refresh_tokens SET rotated_at = COALESCE(rotated_at, ?), successor_hash = ?
-            WHERE tenant_id = ? AND token_hash IN (?, ?)`,
-          [now, newHash, tenantId, presentedHash, row.live_hash],
+          `UPDATE sessions s JOIN refresh_tokens t ON t.tenant_id = s.tenant_id AND t.token_hash IN (?, ?)
+              SET t.rotated_at = COALESCE(t.rotated_at, ?), t.successor_hash = ?,
+                  s.last_active_at = ?, s.idle_expires_at = ?, s.refresh_token_hash = ?
+            WHERE s.tenant_id = ? AND s.id = ?`,
+          [presentedHash, row.live_hash, now, newHash, now, decision.idleExpiresAt, newHash, tenantId, session.id],
         );
         await conn.query(
           "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
           [tenantId, newHash, session.id, now],
-        );
-        await conn.query(
-          "UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, refresh_token_hash = ? WHERE tenant_id = ? AND id = ?",
-          [now, decision.idleExpiresAt, newHash, tenantId, session.id],
         );
         return { ok: true, session: { ...session, lastActiveAt: now, idleExpiresAt: decision.idleExpiresAt } };
       });
