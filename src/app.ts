@@ -27,11 +27,9 @@ const timeouts = {
 } as const;
 const readinessProbeTimeoutMs = 1_000;
 
-/**
- * Builds the whole HTTP surface on one fastify instance without listening: Connect, gRPC and
- * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
- * proto's google.api.http options, and the operational endpoints.
- */
+/** What logs say of a URL: the path only, since a query string may carry anything a client put there. */
+const pathOf = (url: string) => url.split("?")[0];
+
 export interface AppOptions {
   /** Where logs go (tests read them); stdout by default. */
   logStream?: DestinationStream;
@@ -39,6 +37,11 @@ export interface AppOptions {
   isDraining?: () => boolean;
 }
 
+/**
+ * Builds the whole HTTP surface on one fastify instance without listening: Connect, gRPC and
+ * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
+ * proto's google.api.http options, and the operational endpoints.
+ */
 export function buildApp(config: Config, services: Services, { logStream, isDraining }: AppOptions = {}): FastifyInstance {
   const onePort = createOnePort({ ...timeouts, maxConcurrentStreams: 100 });
   const app = Fastify({
@@ -51,9 +54,9 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
     logger: {
       level: config.logLevel,
       ...(logStream ? { stream: logStream } : {}),
-      // Bodies and headers are never logged; the query string is dropped too, whatever a client puts there.
+      // Bodies, headers and query strings are never logged.
       serializers: {
-        req: (req) => ({ method: req.method, path: req.url.split("?")[0], remoteAddress: req.ip }),
+        req: (req) => ({ method: req.method, path: pathOf(req.url), remoteAddress: req.ip }),
         err: (err: Error & { code?: string; errno?: number }) => ({
           type: err.name,
           message: err.message,
@@ -73,14 +76,14 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
   if (["info", "debug", "trace"].includes(config.logLevel)) {
     app.addHook("onResponse", async (req, reply) => {
       req.log.info(
-        { method: req.method, path: req.url.split("?")[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
+        { method: req.method, path: pathOf(req.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 },
         "request completed",
       );
     });
   }
   app.addHook("preClose", async () => {
     isShuttingDown = true;
-    await onePort.closeConnections();
+    onePort.closeConnections();
   });
 
   const impl = guardService(

@@ -28,9 +28,10 @@ type UnaryImpl = (req: unknown, ctx: HandlerContext) => Promise<unknown>;
 
 /**
  * Wraps every unary handler of `service` with what every protocol needs alike, Connect, gRPC,
- * gRPC-Web and REST: authentication (secret key + X-Tenant-ID, or the tenant header alone for RPCs
- * marked `is_public`), rate limits (per IP before authentication, per tenant after), one error mapping (anything not an AppError becomes a generic `internal`,
- * logged here and nowhere else), and per-RPC metrics.
+ * gRPC-Web and REST: rate limits (per IP before authentication, per tenant after), authentication
+ * (secret key + X-Tenant-ID, or the tenant header alone for RPCs marked `is_public`), the client's
+ * deadline for database work, one error mapping (anything not an AppError becomes a generic
+ * `internal`, logged here and nowhere else), and per-RPC metrics.
  */
 export function guardService<S extends DescService>(service: S, impl: ServiceImpl<S>, deps: GuardDeps): ServiceImpl<S> {
   const guarded: Record<string, UnaryImpl> = {};
