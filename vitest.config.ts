@@ -3,7 +3,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    // Database-fault tests start their own MariaDB: `npm run test:faults` (vitest.faults.config.ts).
+    // Database-fault tests start their own MariaDB: `npm run test:faults` (vitest.faults.config.ts), part of `npm test`.
     exclude: ["test/faults/**", "node_modules/**"],
     // Integration tests share one MySQL server; each file uses its own database.
     testTimeout: 30_000,
