@@ -132,11 +132,19 @@ export async function rotateSigningKey(store: SigningKeyStore, kek: Buffer, now:
 export async function revokeSigningKey(store: SigningKeyStore, kek: Buffer, id: string, now: Date): Promise<boolean> {
   return store.withSigningKeyLock(async () => {
     if (!(await store.revokeSigningKey(id, now))) return false;
-    if (pickSigningKey(await store.listSigningKeys(), now) === undefined) {
-      await store.insertSigningKey(newSigningKey(kek, now, now));
-    }
+    await insertKeyIfNoneSigns(store, kek, now);
     return true;
   });
+}
+
+/**
+ * Makes a key that signs at once when none can sign now. Call it holding the signing-key lock, so
+ * instances doing it together make one key. Without lead time: verifiers refetch JWKS on its unknown kid.
+ */
+async function insertKeyIfNoneSigns(store: SigningKeyStore, kek: Buffer, now: Date): Promise<void> {
+  if (pickSigningKey(await store.listSigningKeys(), now) === undefined) {
+    await store.insertSigningKey(newSigningKey(kek, now, now));
+  }
 }
 
 export interface KeyRing {
@@ -200,13 +208,8 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
       await reload();
       if (currentSigner() === undefined) {
         // The very first key may sign at once: no verifier can have cached a JWKS without it.
-        await store.withSigningKeyLock(async () => {
-          await reload();
-          if (currentSigner() !== undefined) return;
-          const now = clock.now();
-          await store.insertSigningKey(newSigningKey(keyEncryptionKey, now, now));
-          await reload();
-        });
+        await store.withSigningKeyLock(() => insertKeyIfNoneSigns(store, keyEncryptionKey, clock.now()));
+        await reload();
       }
       timer = setInterval(() => void reload().catch(() => undefined), reloadIntervalMs);
       timer.unref();
