@@ -28,8 +28,8 @@ export interface SessionStore {
    */
   getSessionState(tenantId: string, id: string): Promise<SessionState | null>;
   listSessions(tenantId: string, query: ListQuery): Promise<Session[]>;
-  /** Revokes one session unless already revoked; null when it does not exist. */
-  revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<Session | null>;
+  /** Revokes one session unless already revoked; false when it does not exist. */
+  revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<boolean>;
   revokeSessions(tenantId: string, filter: RevokeFilter, revocation: Revocation): Promise<number>;
   /**
    * Locks the presented refresh token and its session, lets `decide` choose, and applies the

@@ -118,10 +118,9 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
 
     /** `by` is who asked (an API key id), recorded on the session. */
     async revoke(tenantId: string, id: string, by: string | null): Promise<void> {
-      const revoked = idPatterns.session.test(id)
-        ? await sessions.revokeSession(tenantId, id, { now: clock.now(), reason: "revoked", by })
-        : null;
-      if (revoked === null) throw sessionNotFound();
+      const exists =
+        idPatterns.session.test(id) && (await sessions.revokeSession(tenantId, id, { now: clock.now(), reason: "revoked", by }));
+      if (!exists) throw sessionNotFound();
     },
 
     async revokeAll(tenantId: string, filter: { userId: string; exceptSessionId: string }, by: string | null): Promise<number> {

@@ -1,5 +1,5 @@
 import DataLoader from "dataloader";
-import type { RowDataPacket } from "mysql2/promise";
+import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import { withoutDeadline } from "../domain/deadline.js";
 import type { DeviceType, RevokeReason, Session } from "../domain/model.js";
 import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, SessionState, SessionStore } from "../domain/ports.js";
@@ -92,7 +92,11 @@ export function createSessionStore(pool: Pool): SessionStore {
   const stateLoader = new DataLoader<readonly [string, string], SessionState | null, string>(
     async (keys) => {
       const byTenant = new Map<string, string[]>();
-      for (const [tenantId, id] of keys) byTenant.set(tenantId, [...(byTenant.get(tenantId) ?? []), id]);
+      for (const [tenantId, id] of keys) {
+        const ids = byTenant.get(tenantId);
+        if (ids) ids.push(id);
+        else byTenant.set(tenantId, [id]);
+      }
       const found = new Map<string, SessionState>();
       await Promise.all(
         [...byTenant].map(async ([tenantId, ids]) => {
@@ -186,18 +190,18 @@ export function createSessionStore(pool: Pool): SessionStore {
     },
 
     async revokeSession(tenantId, id, { now, reason, by }) {
-      return inTransaction(pool, async (conn) => {
-        const [rows] = await conn.query<SessionRow[]>(
-          `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id = ? FOR UPDATE`,
-          [tenantId, id],
+      // A transaction of one statement, for the lock-wait and deadlock retries inTransaction gives.
+      const isRevoked = await inTransaction(pool, async (conn) => {
+        const [result] = await conn.query<ResultSetHeader>(
+          revokeSql("tenant_id = ? AND id = ? AND revoked_at IS NULL"),
+          [now, reason, by, tenantId, id],
         );
-        const row = rows[0];
-        if (!row) return null;
-        const session = toSession(row);
-        if (session.revokedAt !== null) return session;
-        await conn.query(revokeSql("tenant_id = ? AND id = ?"), [now, reason, by, tenantId, id]);
-        return { ...session, revokedAt: now, revokeReason: reason, revokedBy: by };
+        return result.affectedRows > 0;
       });
+      if (isRevoked) return true;
+      // Nothing changed: already revoked (keeping its first revoked_at), or no such session.
+      const rows = await query<RowDataPacket[]>(pool, "SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?", [tenantId, id]);
+      return rows.length > 0;
     },
 
     async revokeSessions(tenantId, filter: RevokeFilter, { now, reason, by }) {
