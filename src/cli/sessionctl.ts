@@ -29,6 +29,10 @@ function print(asJson: boolean, value: object, lines: string[]): void {
   console.log(asJson ? JSON.stringify(value) : lines.join("\n"));
 }
 
+async function requireTenant(pool: Pool, tenantId: string): Promise<void> {
+  if ((await createTenantStore(pool).getTenant(tenantId)) === null) throw new Error(`no tenant ${tenantId}`);
+}
+
 function tenantIdArg(value: string): string {
   if (!idPatterns.tenant.test(value)) throw new Error(`not a tenant id: ${value}`);
   return value;
@@ -81,10 +85,9 @@ keys
   .addOption(json)
   .action(async (opts: { tenant: string; test?: boolean; json?: boolean }) => {
     await withDatabase(async (pool) => {
-      const store = createTenantStore(pool);
-      if ((await store.getTenant(opts.tenant)) === null) throw new Error(`no tenant ${opts.tenant}`);
+      await requireTenant(pool, opts.tenant);
       const { key, secret, hash } = mintApiKey(opts.tenant, systemClock.now(), opts.test ? "test" : "live");
-      await store.createApiKey(key, hash);
+      await createTenantStore(pool).createApiKey(key, hash);
       print(opts.json === true, { tenant_id: key.tenantId, key_id: key.id, secret_key: secret }, [
         `key_id:     ${key.id}`,
         `secret_key: ${secret}`,
@@ -131,14 +134,15 @@ const policyOptions = {
   maxSessionsPerUser: ["--max-sessions-per-user <n|off>", "cap on active sessions per user; the oldest is revoked"],
 } as const satisfies Record<keyof SessionPolicy, readonly [string, string]>;
 
-function policyJson(p: SessionPolicy) {
-  return {
+function printPolicy(asJson: boolean, p: SessionPolicy): void {
+  const shown = {
     access_token_ttl_seconds: p.accessTokenTtlSeconds,
     session_lifetime_seconds: p.sessionLifetimeSeconds,
     idle_timeout_seconds: p.idleTimeoutSeconds,
     refresh_grace_seconds: p.refreshGraceSeconds,
     max_sessions_per_user: p.maxSessionsPerUser,
   };
+  print(asJson, shown, Object.entries(shown).map(([k, v]) => `${k}: ${v ?? "off"}`));
 }
 
 const policy = program.command("policy").description("a tenant's session policy");
@@ -148,8 +152,7 @@ policy
   .addOption(json)
   .action(async (opts: { tenant: string; json?: boolean }) => {
     await withDatabase(async (pool) => {
-      const current = policyJson((await createPolicyStore(pool).getPolicy(opts.tenant)) ?? defaultPolicy);
-      print(opts.json === true, current, Object.entries(current).map(([k, v]) => `${k}: ${v ?? "off"}`));
+      printPolicy(opts.json === true, (await createPolicyStore(pool).getPolicy(opts.tenant)) ?? defaultPolicy);
     });
   });
 const policySet = policy
@@ -165,7 +168,7 @@ const policyAttributes = Object.entries(policyOptions).map(([key, [flag, help]])
 policySet.action(async (opts: Record<string, string | boolean | undefined> & { tenant: string }) => {
   await withDatabase(async (pool) => {
     const store = createPolicyStore(pool);
-    if ((await createTenantStore(pool).getTenant(opts.tenant)) === null) throw new Error(`no tenant ${opts.tenant}`);
+    await requireTenant(pool, opts.tenant);
     const next: SessionPolicy = { ...((await store.getPolicy(opts.tenant)) ?? defaultPolicy) };
     for (const [key, attribute] of policyAttributes) {
       const raw = opts[attribute];
@@ -173,8 +176,7 @@ policySet.action(async (opts: Record<string, string | boolean | undefined> & { t
       (next as unknown as Record<string, number | null>)[key] = raw === "off" ? null : Number(raw);
     }
     await store.putPolicy(opts.tenant, validatePolicy(next), systemClock.now());
-    const shown = policyJson(next);
-    print(opts.json === true, shown, Object.entries(shown).map(([k, v]) => `${k}: ${v ?? "off"}`));
+    printPolicy(opts.json === true, next);
   });
 });
 
