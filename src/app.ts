@@ -3,7 +3,7 @@ import { createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
-import { file_sessions_v1_sessions, SessionService } from "../gen/sessions/v1/sessions_pb.js";
+import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import type { DestinationStream } from "pino";
 import type { Config } from "./config.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
@@ -99,7 +99,8 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
     routes(router) {
       router.service(SessionService, impl);
       registerHealth(router, isServing);
-      registerReflection(router, [file_sessions_v1_sessions, file_google_rpc_error_details]);
+      // The served services' files are described already; ErrorInfo only ever travels in error details.
+      registerReflection(router, [file_google_rpc_error_details]);
     },
     readMaxBytes: config.bodyLimitBytes,
     // Long-lived streams (health Watch) are ended half-way through the drain, so they cannot hold
