@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
@@ -15,7 +14,7 @@ import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
 import { clientIpKey, createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
-import { registerRest, restErrorHandler, restNotFoundHandler } from "./transport/rest.js";
+import { registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
 
 /** Server timeouts: generous for real clients, short enough that slow or idle ones let go. */
@@ -29,6 +28,9 @@ const readinessProbeTimeoutMs = 1_000;
 
 /** What logs say of a URL: the path only, since a query string may carry anything a client put there. */
 const pathOf = (url: string) => url.split("?")[0];
+
+/** Trusts the `hops` proxies nearest the service, as fastify does for a number (its types only take a function). */
+const trustHops = (hops: number) => (_address: string, hop: number) => hop < hops;
 
 export interface AppOptions {
   /** Where logs go (tests read them); stdout by default. */
@@ -47,8 +49,11 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
   const app = Fastify({
     serverFactory: onePort.serverFactory,
     bodyLimit: config.bodyLimitBytes,
-    genReqId: () => `req_${randomUUID().replaceAll("-", "")}`,
-    requestIdHeader: false,
+    // Behind a load balancer: whose X-Forwarded-For to believe for the client address (off by default).
+    trustProxy: typeof config.trustProxy === "number" ? trustHops(config.trustProxy) : config.trustProxy,
+    // Request ids (a client's well-formed X-Request-ID is kept), a strict query-string parser, and
+    // the REST error envelope for what fails before any handler runs.
+    ...restServerOptions,
     // One line per request, written in onResponse below, instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     logger: {
@@ -69,6 +74,8 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
   });
   const metrics = createMetrics();
   let isShuttingDown = false;
+  // Before any route: it keeps the table that tells 405 from 404.
+  registerRestErrors(app);
 
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
@@ -103,6 +110,9 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
       registerReflection(router, [file_google_rpc_error_details]);
     },
     readMaxBytes: config.bodyLimitBytes,
+    // As on REST: a field the schema does not know is an error, never silently dropped (a typo in a
+    // filter must not widen what a call does).
+    jsonOptions: { ignoreUnknownFields: false },
     // Long-lived streams (health Watch) are ended half-way through the drain, so they cannot hold
     // shutdown open until the hard deadline; unary calls finish long before.
     shutdownTimeoutMs: Math.floor(config.shutdownTimeoutMs / 2),
@@ -112,8 +122,6 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
     grpc: true,
   });
   registerRest(app, { service: SessionService, impl, contextValues });
-  app.setErrorHandler(restErrorHandler);
-  app.setNotFoundHandler(restNotFoundHandler);
 
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { z } from "zod";
 
 /**
@@ -20,6 +21,35 @@ const base64Key = z
 const int = (min: number, max: number, fallback: number) =>
   z.coerce.number().int().min(min).max(max).default(fallback);
 
+/** Named address ranges proxy-addr (fastify's trustProxy) knows. */
+const proxyRangeNames = new Set(["loopback", "linklocal", "uniquelocal"]);
+
+/**
+ * TRUST_PROXY: off (unset, empty or `false`); a hop count (`1`: trust the one proxy in front); or a
+ * comma-separated list of proxy addresses, CIDR ranges or proxy-addr's names (loopback, linklocal,
+ * uniquelocal). Then X-Forwarded-For from those proxies gives the client address that rate limits
+ * and logs see.
+ */
+const trustProxy = z
+  .string()
+  .default("")
+  .transform((raw, ctx): false | number | string[] => {
+    const value = raw.trim();
+    if (value === "" || value === "false") return false;
+    if (/^\d+$/.test(value)) return Number(value);
+    const entries = value.split(",").map((e) => e.trim());
+    for (const entry of entries) {
+      const [address = "", bits, ...rest] = entry.split("/");
+      const family = isIP(address);
+      const isRange = bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= (family === 6 ? 128 : 32));
+      if (!proxyRangeNames.has(entry) && (family === 0 || !isRange || rest.length > 0)) {
+        ctx.addIssue({ code: "custom", message: `"${entry}" is not an IP address, a CIDR range or one of loopback, linklocal, uniquelocal` });
+        return z.NEVER;
+      }
+    }
+    return entries;
+  });
+
 const schema = z
   .object({
     NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
@@ -37,11 +67,17 @@ const schema = z
     SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
     SHUTDOWN_DRAIN_DELAY_MS: int(0, 120_000, 0),
     DATABASE_STARTUP_TIMEOUT_MS: int(0, 600_000, 60_000),
-    // HelloJohn's documented defaults: 1,000 reads and 500 writes a minute per tenant, 60 refreshes.
-    RATE_LIMIT_READ_PER_MINUTE: int(0, 10_000_000, 1_000),
-    RATE_LIMIT_WRITE_PER_MINUTE: int(0, 10_000_000, 500),
-    RATE_LIMIT_REFRESH_PER_MINUTE: int(0, 10_000_000, 60),
+    // Per-tenant limits are opt-in (0 = off), as in the anchor's self-hosted mode: verify, list and
+    // get are every tenant backend's hot path, and no default fits every tenant's traffic.
+    RATE_LIMIT_READ_PER_MINUTE: int(0, 10_000_000, 0),
+    RATE_LIMIT_WRITE_PER_MINUTE: int(0, 10_000_000, 0),
+    RATE_LIMIT_REFRESH_PER_MINUTE: int(0, 10_000_000, 0),
+    // The unauthenticated refresh, per client address: 100 a second is far above what one browser
+    // or one office behind NAT sends, and stops a single address from hammering the endpoint.
     RATE_LIMIT_IP_PER_MINUTE: int(0, 10_000_000, 6_000),
+    // Failed authentications per client address before new keys from it stop being looked up.
+    RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: int(0, 10_000_000, 100),
+    TRUST_PROXY: trustProxy,
   })
   .transform((env, ctx) => {
     if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
@@ -70,7 +106,9 @@ const schema = z
         writePerMinute: env.RATE_LIMIT_WRITE_PER_MINUTE,
         refreshPerMinute: env.RATE_LIMIT_REFRESH_PER_MINUTE,
         ipPerMinute: env.RATE_LIMIT_IP_PER_MINUTE,
+        authFailuresPerMinute: env.RATE_LIMIT_AUTH_FAILURES_PER_MINUTE,
       },
+      trustProxy: env.TRUST_PROXY,
     };
   });
 

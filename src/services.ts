@@ -6,6 +6,7 @@ import { systemClock, type Clock } from "./domain/clock.js";
 import { createPolicySource } from "./domain/policy.js";
 import { createSessionService, type SessionService } from "./domain/session-service.js";
 import { AppError } from "./domain/errors.js";
+import type { TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { closePool, openDatabase, type Pool } from "./store/db.js";
 import { migrate } from "./store/migrate.js";
@@ -21,6 +22,7 @@ export interface Services {
   keyRing: KeyRing;
   sessionService: SessionService;
   authenticator: Authenticator;
+  tenantStore: TenantStore;
   close(): Promise<void>;
 }
 
@@ -71,8 +73,10 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
       issuer: config.issuer,
     });
     await keyRing.start();
-    // Cursor MACs get their own key, derived so that one secret (the KEK) is all an operator manages.
-    const cursorKey = Buffer.from(hkdfSync("sha256", config.keyEncryptionKey, Buffer.alloc(0), "sessions/cursor-mac/v1", 32));
+    const tenantStore = createTenantStore(pool);
+    // Cursor MACs and refresh-token successors get their own keys, derived so that one secret (the
+    // KEK) is all an operator manages.
+    const deriveKey = (purpose: string) => Buffer.from(hkdfSync("sha256", config.keyEncryptionKey, Buffer.alloc(0), purpose, 32));
     return {
       pool,
       clock,
@@ -81,11 +85,13 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
         sessions: createSessionStore(pool),
         keys: keyRing,
         clock,
-        cursorKey,
+        cursorKey: deriveKey("sessions/cursor-mac/v1"),
+        refreshTokenKey: deriveKey("sessions/refresh-successor/v1"),
         // Policy changes reach every instance within the same window as API-key revocations.
         policies: createPolicySource(createPolicyStore(pool), config.apiKeyCacheSeconds),
       }),
-      authenticator: createAuthenticator(createTenantStore(pool), clock, config.apiKeyCacheSeconds),
+      authenticator: createAuthenticator(tenantStore, clock, config.apiKeyCacheSeconds),
+      tenantStore,
       async close() {
         keyRing.stop();
         await closePool(pool);

@@ -62,9 +62,9 @@ describe("per-tenant policy", () => {
     expect(statusOf(idle, clock.now())).toBe("expired");
     expect(endOf(idle, clock.now())).toEqual({ at: idle.idleExpiresAt, reason: "idle_timeout" });
     await expect(services.sessionService.refresh(tenant, next.refreshToken)).rejects.toMatchObject({ code: "refresh_token_expired" });
-    const listed = await services.sessionService.list(tenant, { userId: "idle", status: "expired", limit: 10, cursor: "" });
+    const listed = await services.sessionService.list(tenant, { userId: "idle", status: "expired", limit: 10, cursor: undefined });
     expect(listed.sessions.map((s) => s.id)).toEqual([pair.session.id]);
-    expect((await services.sessionService.list(tenant, { userId: "idle", status: "active", limit: 10, cursor: "" })).sessions).toEqual([]);
+    expect((await services.sessionService.list(tenant, { userId: "idle", status: "active", limit: 10, cursor: undefined })).sessions).toEqual([]);
   });
 
   it("verify reports session_expired for a live token of an idle session", async () => {
@@ -89,20 +89,20 @@ describe("per-tenant policy", () => {
       ids.push((await services.sessionService.create(tenant, input("capped"))).session.id);
       clock.advance(1);
     }
-    const active = await services.sessionService.list(tenant, { userId: "capped", status: "active", limit: 10, cursor: "" });
+    const active = await services.sessionService.list(tenant, { userId: "capped", status: "active", limit: 10, cursor: undefined });
     expect(active.sessions.map((s) => s.id)).toEqual([ids[3], ids[2]]);
     const oldest = await services.sessionService.get(tenant, ids[0]!);
-    expect(oldest).toMatchObject({ revokeReason: "session_limit", revokedBy: null });
+    expect(oldest).toMatchObject({ recordedEnd: { reason: "session_limit", by: null } });
     // Another user is not affected.
     await services.sessionService.create(tenant, input("someone else"));
-    expect((await services.sessionService.list(tenant, { userId: "capped", status: "active", limit: 10, cursor: "" })).sessions.length).toBe(2);
+    expect((await services.sessionService.list(tenant, { userId: "capped", status: "active", limit: 10, cursor: undefined })).sessions.length).toBe(2);
   });
 
   it("keeps the cap under concurrent creates for one user", async () => {
     const tenant = await tenantWith({ maxSessionsPerUser: 3 });
     const results = await Promise.allSettled(Array.from({ length: 10 }, () => services.sessionService.create(tenant, input("burst"))));
     expect(results.filter((r) => r.status === "rejected")).toEqual([]);
-    const active = await services.sessionService.list(tenant, { userId: "burst", status: "active", limit: 100, cursor: "" });
+    const active = await services.sessionService.list(tenant, { userId: "burst", status: "active", limit: 100, cursor: undefined });
     expect(active.sessions.length).toBe(3);
   });
 });
@@ -127,7 +127,7 @@ describe("refresh across instances", () => {
         [tenant, pair.session.id],
       )) as unknown as [{ live: number }[]];
       expect(Number(rows[0]!.live)).toBe(1);
-      expect((await services.sessionService.get(tenant, pair.session.id)).revokedAt).toBeNull();
+      expect((await services.sessionService.get(tenant, pair.session.id)).recordedEnd).toBeNull();
     } finally {
       await peer.close();
     }
@@ -140,9 +140,9 @@ describe("end reasons and actors", () => {
     const a = await services.sessionService.create(tenant, input("actor"));
     const b = await services.sessionService.create(tenant, input("actor"));
     await services.sessionService.revoke(tenant, a.session.id, "key_ABC");
-    await services.sessionService.revokeAll(tenant, { userId: "actor", exceptSessionId: "" }, "key_DEF");
-    expect(await services.sessionService.get(tenant, a.session.id)).toMatchObject({ revokeReason: "revoked", revokedBy: "key_ABC" });
-    expect(await services.sessionService.get(tenant, b.session.id)).toMatchObject({ revokeReason: "revoked_all", revokedBy: "key_DEF" });
+    await services.sessionService.revokeAll(tenant, { userId: "actor", exceptSessionId: undefined }, "key_DEF");
+    expect(await services.sessionService.get(tenant, a.session.id)).toMatchObject({ recordedEnd: { reason: "revoked", by: "key_ABC" } });
+    expect(await services.sessionService.get(tenant, b.session.id)).toMatchObject({ recordedEnd: { reason: "revoked_all", by: "key_DEF" } });
   });
 });
 

@@ -1,6 +1,6 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
@@ -11,7 +11,7 @@ let server: TestServer;
 
 beforeAll(async () => {
   server = await startTestServer({
-    env: { RATE_LIMIT_WRITE_PER_MINUTE: "3", RATE_LIMIT_READ_PER_MINUTE: "4", RATE_LIMIT_REFRESH_PER_MINUTE: "2", RATE_LIMIT_IP_PER_MINUTE: "1000" },
+    env: { RATE_LIMIT_WRITE_PER_MINUTE: "3", RATE_LIMIT_READ_PER_MINUTE: "4", RATE_LIMIT_REFRESH_PER_MINUTE: "2" },
   });
 });
 afterAll(async () => {
@@ -63,10 +63,12 @@ describe("per-tenant limits", () => {
   });
 });
 
-describe("per-IP limit", () => {
-  it("stops a flood of bad keys before it reaches the database", async () => {
-    const flooded = await startTestServer({ env: { RATE_LIMIT_IP_PER_MINUTE: "5" } });
+describe("per-IP limits", () => {
+  it("stop a flood of bad keys before it reaches the database, while the address's working key keeps working", async () => {
+    const flooded = await startTestServer({ env: { RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: "5" } });
     try {
+      const lookups = vi.spyOn(flooded.services.tenantStore, "findApiKey");
+      expect((await fetch(`${flooded.url}/v1/sessions`, { headers: flooded.tenant.headers })).status).toBe(200);
       const statuses: number[] = [];
       for (let i = 0; i < 8; i++) {
         const res = await fetch(`${flooded.url}/v1/sessions`, {
@@ -75,8 +77,70 @@ describe("per-IP limit", () => {
         statuses.push(res.status);
       }
       expect(statuses).toEqual([401, 401, 401, 401, 401, 429, 429, 429]);
+      // One lookup for the good key, five for the bad ones; the refused three never reached the store.
+      expect(lookups).toHaveBeenCalledTimes(6);
+      expect((await fetch(`${flooded.url}/v1/sessions`, { headers: flooded.tenant.headers })).status).toBe(200);
     } finally {
       await flooded.close();
     }
   });
+
+  it("limit the public refresh per client address, as X-Forwarded-For says only with TRUST_PROXY", async () => {
+    for (const [trustProxy, expected] of [
+      ["", [200, 200, 429, 429]],
+      ["127.0.0.1", [200, 200, 200, 200]],
+      ["1", [200, 200, 200, 200]],
+    ] as const) {
+      const proxied = await startTestServer({ env: { RATE_LIMIT_IP_PER_MINUTE: "2", TRUST_PROXY: trustProxy } });
+      try {
+        const created = (await (await post2(proxied, "/v1/sessions", proxied.tenant.headers, { user_id: "u" })).json()) as { refresh_token: string };
+        let token = created.refresh_token;
+        const statuses: number[] = [];
+        // Two clients behind one proxy, two refreshes each.
+        for (const client of ["198.51.100.1", "198.51.100.2", "198.51.100.1", "198.51.100.2"]) {
+          const res = await post2(proxied, "/v1/auth/token/refresh", { "x-tenant-id": proxied.tenant.id, "x-forwarded-for": client }, { refresh_token: token });
+          statuses.push(res.status);
+          if (res.status === 200) token = ((await res.json()) as { refresh_token: string }).refresh_token;
+        }
+        expect(statuses, `TRUST_PROXY=${trustProxy}`).toEqual(expected);
+      } finally {
+        await proxied.close();
+      }
+    }
+  });
 });
+
+describe("defaults", () => {
+  it("never throttle a healthy tenant's verify, list and get traffic", async () => {
+    const open = await startTestServer();
+    try {
+      const created = (await (await post2(open, "/v1/sessions", open.tenant.headers, { user_id: "u" })).json()) as {
+        access_token: string;
+        session: { id: string };
+      };
+      const calls = [
+        () => post2(open, "/v1/sessions/verify", open.tenant.headers, { token: created.access_token }),
+        () => fetch(`${open.url}/v1/sessions?user_id=u`, { headers: open.tenant.headers }),
+        () => fetch(`${open.url}/v1/sessions/${created.session.id}`, { headers: open.tenant.headers }),
+      ];
+      const statuses = new Map<number, number>();
+      // 2,000 calls from one tenant and one address, 32 at a time (the old defaults refused half of them).
+      const queue = Array.from({ length: 2_000 }, (_, i) => calls[i % calls.length]!);
+      await Promise.all(
+        Array.from({ length: 32 }, async () => {
+          for (let next = queue.pop(); next; next = queue.pop()) {
+            const res = await next();
+            await res.arrayBuffer();
+            statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+          }
+        }),
+      );
+      expect(Object.fromEntries(statuses)).toEqual({ 200: 2_000 });
+    } finally {
+      await open.close();
+    }
+  });
+});
+
+const post2 = (target: TestServer, path: string, headers: Record<string, string>, body: unknown) =>
+  fetch(target.url + path, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: JSON.stringify(body) });

@@ -26,7 +26,7 @@ import {
   SessionStatus,
 } from "../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../src/domain/errors.js";
-import { registerRest, restErrorHandler, restNotFoundHandler, restRoutesOf } from "../src/transport/rest.js";
+import { registerRest, registerRestErrors, restRoutesOf } from "../src/transport/rest.js";
 
 describe("restRoutesOf", () => {
   const routes = restRoutesOf(SessionService);
@@ -164,8 +164,7 @@ describe("registerRest", () => {
       genReqId: () => "req_test",
       logger: { level: "error", stream: { write: (line: string) => void logs.push(line) } },
     });
-    app.setErrorHandler(restErrorHandler);
-    app.setNotFoundHandler(restNotFoundHandler);
+    registerRestErrors(app);
     registerRest(app, { service: SessionService, impl });
     await app.ready();
   });
@@ -275,9 +274,14 @@ describe("registerRest", () => {
     expect(calls).toHaveLength(0);
   });
 
-  it("answers unknown paths with a 404 envelope", async () => {
+  it("answers unknown paths with a 404 envelope, and known paths with another method with 405 and Allow", async () => {
     expectError(await app.inject({ method: "GET", url: "/v1/nope" }), 404, "not_found");
-    expectError(await app.inject({ method: "PUT", url: "/v1/sessions" }), 404, "not_found");
+    const wrongMethod = await app.inject({ method: "PUT", url: "/v1/sessions" });
+    expectError(wrongMethod, 405, "method_not_allowed");
+    expect(wrongMethod.headers.allow).toBe("DELETE, GET, HEAD, POST");
+    const onTemplate = await app.inject({ method: "POST", url: "/v1/sessions/ses_1" });
+    expectError(onTemplate, 405, "method_not_allowed");
+    expect(onTemplate.headers.allow).toBe("DELETE, GET, HEAD");
   });
 
   it("answers 204 with no body", async () => {

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError } from "../src/domain/errors.js";
 import { openServices, type Services } from "../src/services.js";
 import { hashSecret, newId } from "../src/domain/secrets.js";
+import { wholeSeconds } from "../src/domain/clock.js";
 import { manualClock } from "./helpers/clock.js";
 import { createInput } from "./helpers/sessions.js";
 import { dropDatabase, testConfig } from "./helpers/db.js";
@@ -62,7 +63,7 @@ describe("get and tenancy", () => {
     await expectAppError(services.sessionService.get(tenantB, session.id), "session_not_found");
     await expectAppError(services.sessionService.get(tenantA, "ses_nope"), "session_not_found");
     await expectAppError(services.sessionService.revoke(tenantB, session.id, null), "session_not_found");
-    expect((await services.sessionService.get(tenantA, session.id)).revokedAt).toBeNull();
+    expect((await services.sessionService.get(tenantA, session.id)).recordedEnd).toBeNull();
   });
 
   it("reports another tenant's token as tenant_mismatch without looking at the session", async () => {
@@ -80,20 +81,20 @@ describe("list", () => {
       clock.advance(i % 2 === 0 ? 0 : 1); // some share a timestamp: the id breaks the tie
     }
     const seen: string[] = [];
-    let cursor = "";
+    let cursor: string | undefined;
     let pages = 0;
     do {
       const page = await services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor });
       seen.push(...page.sessions.map((s) => s.id));
       expect(page.limit).toBe(2);
-      cursor = page.nextCursor ?? "";
-      expect(page.hasMore).toBe(cursor !== "");
+      cursor = page.nextCursor;
+      expect(page.hasMore).toBe(cursor !== undefined);
       pages++;
-    } while (cursor !== "");
+    } while (cursor !== undefined);
     expect(pages).toBe(3);
     expect(seen).toEqual([...ids].reverse());
 
-    const first = await services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: "" });
+    const first = await services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: undefined });
     const next = first.nextCursor as string;
     await expectAppError(services.sessionService.list(tenantA, { userId: "other", status: undefined, limit: 2, cursor: next }), "invalid_cursor", "cursor");
     await expectAppError(services.sessionService.list(tenantB, { userId: user, status: undefined, limit: 2, cursor: next }), "invalid_cursor");
@@ -104,7 +105,7 @@ describe("list", () => {
   });
 
   it.each([0, 101, -1])("rejects limit %d", async (limit) => {
-    await expectAppError(services.sessionService.list(tenantA, { userId: "", status: undefined, limit, cursor: "" }), "invalid_request", "limit");
+    await expectAppError(services.sessionService.list(tenantA, { userId: undefined, status: undefined, limit, cursor: undefined }), "invalid_request", "limit");
   });
 
   it("filters by derived status", async () => {
@@ -113,7 +114,7 @@ describe("list", () => {
     const b = await services.sessionService.create(tenantA, createInput({ userId: user }));
     await services.sessionService.revoke(tenantA, b.session.id, null);
     const list = async (status: "active" | "revoked" | "expired" | undefined) =>
-      (await services.sessionService.list(tenantA, { userId: user, status, limit: 10, cursor: "" })).sessions.map((s) => s.id);
+      (await services.sessionService.list(tenantA, { userId: user, status, limit: 10, cursor: undefined })).sessions.map((s) => s.id);
     expect(await list(undefined)).toEqual([a.session.id]);
     expect(await list("revoked")).toEqual([b.session.id]);
     expect(await list("expired")).toEqual([]);
@@ -129,11 +130,11 @@ describe("revoke", () => {
     const pair = await services.sessionService.create(tenantA, createInput());
     await services.sessionService.revoke(tenantA, pair.session.id, null);
     const session = await services.sessionService.get(tenantA, pair.session.id);
-    expect(session).toMatchObject({ revokeReason: "revoked" });
+    expect(session).toMatchObject({ recordedEnd: { reason: "revoked" } });
     expect(await services.sessionService.verify(tenantA, pair.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
     await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "session_revoked");
     await services.sessionService.revoke(tenantA, pair.session.id, null);
-    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toEqual(session.revokedAt);
+    expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toEqual(session.recordedEnd);
   });
 
   it("revokes all of a user's sessions, optionally all but one, and counts them", async () => {
@@ -143,17 +144,17 @@ describe("revoke", () => {
     const keep = pairs[0]!.session.id;
     expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(2);
     expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(0);
-    expect((await services.sessionService.get(tenantA, keep)).revokedAt).toBeNull();
-    expect((await services.sessionService.get(tenantA, other.session.id)).revokedAt).toBeNull();
-    expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).revokeReason).toBe("revoked_all");
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: "" }, null)).toBe(1);
+    expect((await services.sessionService.get(tenantA, keep)).recordedEnd).toBeNull();
+    expect((await services.sessionService.get(tenantA, other.session.id)).recordedEnd).toBeNull();
+    expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).recordedEnd?.reason).toBe("revoked_all");
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined }, null)).toBe(1);
   });
 
   it("revoke-all catches a session created in the same millisecond", async () => {
     const tenant = newId("tnt");
     const before = await services.sessionService.create(tenant, createInput());
     const racing = services.sessionService.create(tenant, createInput());
-    const revoked = await services.sessionService.revokeAll(tenant, { userId: "", exceptSessionId: "" }, null);
+    const revoked = await services.sessionService.revokeAll(tenant, { userId: undefined, exceptSessionId: undefined }, null);
     const created = await racing;
     const states = await Promise.all([before, created].map((p) => services.sessionService.verify(tenant, p.accessToken)));
     // Whichever order the two statements ran in, the count matches what was revoked.
@@ -184,25 +185,37 @@ describe("refresh", () => {
     expect(next.session.id).toBe(pair.session.id);
     expect(next.expiresInSeconds).toBe(900);
     expect(next.refreshTokenExpiresAt).toEqual(pair.session.expiresAt);
-    expect((await services.sessionService.get(tenantA, pair.session.id)).lastActiveAt).toEqual(clock.now());
+    // Recorded instants are whole seconds (the clock here is some milliseconds past one).
+    expect((await services.sessionService.get(tenantA, pair.session.id)).lastActiveAt).toEqual(wholeSeconds(clock.now()));
     expect(await services.sessionService.verify(tenantA, next.accessToken)).toMatchObject({ valid: true });
     const third = await services.sessionService.refresh(tenantA, next.refreshToken);
     expect(third.session.id).toBe(pair.session.id);
   });
 
-  it("forgives a retry within the grace window, and treats reuse after it as theft", async () => {
+  it("answers a retry within the grace window with the same successor, and treats reuse after it as theft", async () => {
     const pair = await services.sessionService.create(tenantA, createInput());
     const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
     clock.advance(5_000);
     const retry = await services.sessionService.refresh(tenantA, pair.refreshToken);
     expect(retry.session.id).toBe(pair.session.id);
-    // The retry retired the first successor: one live token remains.
+    expect(retry.refreshToken).toBe(first.refreshToken);
+    expect(retry.accessToken).not.toBe(first.accessToken);
+    // After the window, the original token is reuse: the session is revoked, every token dies.
     clock.advance(11_000);
-    await expectAppError(services.sessionService.refresh(tenantA, first.refreshToken), "refresh_token_invalid");
+    await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "refresh_token_invalid");
     const session = await services.sessionService.get(tenantA, pair.session.id);
-    expect(session.revokeReason).toBe("refresh_token_reuse");
-    await expectAppError(services.sessionService.refresh(tenantA, retry.refreshToken), "session_revoked");
+    expect(session.recordedEnd?.reason).toBe("refresh_token_reuse");
+    await expectAppError(services.sessionService.refresh(tenantA, first.refreshToken), "session_revoked");
     expect(await services.sessionService.verify(tenantA, retry.accessToken)).toMatchObject({ valid: false, code: "session_revoked" });
+  });
+
+  it("treats a retry as reuse once its successor has been used, even within the grace window", async () => {
+    const pair = await services.sessionService.create(tenantA, createInput());
+    const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    await services.sessionService.refresh(tenantA, first.refreshToken);
+    clock.advance(1_000);
+    await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "refresh_token_invalid");
+    expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd?.reason).toBe("refresh_token_reuse");
   });
 
   it("rejects unknown, malformed and other tenants' refresh tokens without touching the session", async () => {
@@ -210,7 +223,7 @@ describe("refresh", () => {
     await expectAppError(services.sessionService.refresh(tenantB, pair.refreshToken), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, "rt_nope"), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, ""), "invalid_request", "refresh_token");
-    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toBeNull();
+    expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toBeNull();
     await services.sessionService.refresh(tenantA, pair.refreshToken);
   });
 
@@ -221,13 +234,14 @@ describe("refresh", () => {
     clock.advance(-(30 * 24 * 3600 * 1000 + 1));
   });
 
-  it.each([2, 5, 20])("%d concurrent refreshes of one token leave exactly one live successor", async (n) => {
+  it.each([2, 5, 20])("%d concurrent refreshes of one token all get the one live successor", async (n) => {
     const pair = await services.sessionService.create(tenantA, createInput());
     const results = await Promise.allSettled(Array.from({ length: n }, () => services.sessionService.refresh(tenantA, pair.refreshToken)));
     const successes = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     // Every concurrent call is within the grace window: all succeed, none is a 5xx.
     expect(results.filter((r) => r.status === "rejected")).toEqual([]);
     expect(successes.length).toBe(n);
+    expect(new Set(successes.map((s) => s.refreshToken)).size).toBe(1);
     // Exactly one refresh token of the session is live, and it is one of those handed out.
     const [rows] = (await services.pool.query(
       "SELECT token_hash FROM refresh_tokens WHERE tenant_id = ? AND session_id = ? AND rotated_at IS NULL",
@@ -238,7 +252,7 @@ describe("refresh", () => {
     expect(live).toBeDefined();
     clock.advance(11_000);
     await services.sessionService.refresh(tenantA, live!.refreshToken);
-    expect((await services.sessionService.get(tenantA, pair.session.id)).revokedAt).toBeNull();
+    expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toBeNull();
   });
 
   it("a refresh racing a revoke leaves nothing usable", async () => {

@@ -39,8 +39,11 @@ export interface Caller {
 }
 
 export interface Authenticator {
-  /** Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID. */
-  authenticate(authorization: string | null, tenantHeader: string | null): Promise<Caller>;
+  /**
+   * Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID. `beforeLookup` runs (and may
+   * throw) only when the key has to be looked up in the store, not when this instance knows it.
+   */
+  authenticate(authorization: string | null, tenantHeader: string | null, beforeLookup?: () => Promise<void>): Promise<Caller>;
 }
 
 /**
@@ -53,7 +56,7 @@ export function createAuthenticator(store: TenantStore, clock: Clock, cacheSecon
   const invalid = () => new AppError("invalid_api_key", "the API key is invalid for this tenant");
 
   return {
-    async authenticate(authorization, tenantHeader) {
+    async authenticate(authorization, tenantHeader, beforeLookup) {
       if (authorization === null || authorization.trim() === "") {
         throw new AppError("missing_token", "the Authorization header is required");
       }
@@ -64,6 +67,7 @@ export function createAuthenticator(store: TenantStore, clock: Clock, cacheSecon
       const cacheKey = `${tenantId}:${hash.toString("base64")}`;
       let entry = cache?.get(cacheKey);
       if (entry === undefined) {
+        await beforeLookup?.();
         const key = await store.findApiKey(tenantId, hash);
         entry = { keyId: key !== null && (key.revokedAt === null || key.revokedAt > clock.now()) ? key.id : null };
         cache?.set(cacheKey, entry);

@@ -10,8 +10,15 @@ export type SessionStatus = (typeof sessionStatuses)[number];
 export const revokeReasons = ["revoked", "revoked_all", "refresh_token_reuse", "session_limit"] as const;
 export type RevokeReason = (typeof revokeReasons)[number];
 
-/** Why a session ended, including the two ends that happen by time alone. */
-export type EndReason = RevokeReason | "idle_timeout" | "expired";
+/** The two ends that happen by time alone. */
+export const timeEndReasons = ["idle_timeout", "expired"] as const;
+
+/** Why a session ended. */
+export type EndReason = RevokeReason | (typeof timeEndReasons)[number];
+
+export function isRevokeReason(reason: EndReason): reason is RevokeReason {
+  return (revokeReasons as readonly string[]).includes(reason);
+}
 
 export interface Session {
   tenantId: string;
@@ -29,27 +36,46 @@ export interface Session {
   expiresAt: Date;
   /** When the session ends for want of a refresh (idle timeout); null when the tenant has none. */
   idleExpiresAt: Date | null;
-  revokedAt: Date | null;
-  revokeReason: RevokeReason | null;
-  /** Who revoked it, when known: the id of the API key that asked. */
-  revokedBy: string | null;
+  /**
+   * The end the service has recorded: a revoke, or an end by time once the expiry sweep has written
+   * it down. Null while none is recorded, though the session may still have ended by time (endOf).
+   */
+  recordedEnd: RecordedEnd | null;
 }
 
-/** A session's status is derived at read time, never stored. */
-export function statusOf(session: Pick<Session, "revokedAt" | "revokeReason" | "expiresAt" | "idleExpiresAt">, now: Date): SessionStatus {
-  return endOf(session, now) === null ? "active" : session.revokedAt !== null ? "revoked" : "expired";
+export interface RecordedEnd {
+  at: Date;
+  reason: EndReason;
+  /** Who ended it, when known: the id of the API key whose call revoked it. */
+  by: string | null;
 }
 
-/** When and why a session ended, or null while it is active. Time-based ends are derived, not stored. */
-export function endOf(
-  session: Pick<Session, "revokedAt" | "revokeReason" | "expiresAt" | "idleExpiresAt">,
-  now: Date,
-): { at: Date; reason: EndReason } | null {
-  if (session.revokedAt !== null) return { at: session.revokedAt, reason: session.revokeReason ?? "revoked" };
+/** What decides whether a session is active: the hot path of every verify reads just this. */
+export type SessionEndState = Pick<Session, "recordedEnd" | "expiresAt" | "idleExpiresAt">;
+
+/**
+ * When an open session is due to end: the earlier of its absolute expiry and its idle deadline.
+ * Stored beside the session (ends_at) so that ended sessions are found by index.
+ */
+export function scheduledEndOf(session: Pick<Session, "expiresAt" | "idleExpiresAt">): { at: Date; reason: EndReason } {
   const { expiresAt, idleExpiresAt } = session;
-  if (idleExpiresAt !== null && idleExpiresAt < expiresAt && idleExpiresAt <= now) return { at: idleExpiresAt, reason: "idle_timeout" };
-  if (expiresAt <= now) return { at: expiresAt, reason: "expired" };
-  return null;
+  return idleExpiresAt !== null && idleExpiresAt < expiresAt ? { at: idleExpiresAt, reason: "idle_timeout" } : { at: expiresAt, reason: "expired" };
+}
+
+/**
+ * When and why a session ended, or null while it is active at `now`: the recorded end if there is
+ * one, else its scheduled end once that has come. The one rule for a session's status.
+ */
+export function endOf(session: SessionEndState, now: Date): { at: Date; reason: EndReason } | null {
+  if (session.recordedEnd !== null) return session.recordedEnd;
+  const scheduled = scheduledEndOf(session);
+  return scheduled.at <= now ? scheduled : null;
+}
+
+/** A session's status at `now`: revoked, expired (by time) or active. */
+export function statusOf(session: SessionEndState, now: Date): SessionStatus {
+  const end = endOf(session, now);
+  return end === null ? "active" : isRevokeReason(end.reason) ? "revoked" : "expired";
 }
 
 /** A tenant's session policy. */
@@ -89,8 +115,13 @@ export interface ApiKey {
 export interface RefreshTokenRecord {
   /** When it was rotated away; null while it is the session's live token. */
   rotatedAt: Date | null;
-  /** True when the token it was rotated into is still the session's live token. */
+  /** True when the token it was rotated into is still the session's live token (it has not been used). */
   isSuccessorLive: boolean;
+  /**
+   * True when the successor on record is the one derived from the presented token, so a retry can
+   * hand it out again (false only if the key it is derived with changed since the rotation).
+   */
+  isSuccessorDerived: boolean;
 }
 
 export interface SigningKeyRecord {

@@ -4,6 +4,7 @@ import type {
   RefreshTokenRecord,
   RevokeReason,
   Session,
+  SessionEndState,
   SessionPolicy,
   SessionStatus,
   SigningKeyRecord,
@@ -26,19 +27,22 @@ export interface SessionStore {
    * Just what decides whether a session is active, read fresh from the database (never cached):
    * the hot path of every verify.
    */
-  getSessionState(tenantId: string, id: string): Promise<SessionState | null>;
+  getSessionEndState(tenantId: string, id: string): Promise<SessionEndState | null>;
   listSessions(tenantId: string, query: ListQuery): Promise<Session[]>;
-  /** Revokes one session unless already revoked; false when it does not exist. */
+  /**
+   * Revokes one session if it is still active at `revocation.now`; a session that has already
+   * ended (revoked, or expired by time) keeps its end as it was. False when it does not exist.
+   */
   revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<boolean>;
+  /** Revokes the sessions the filter selects that are active at `revocation.now`; returns how many. */
   revokeSessions(tenantId: string, filter: RevokeFilter, revocation: Revocation): Promise<number>;
   /**
    * Locks the presented refresh token and its session, lets `decide` choose, and applies the
-   * choice atomically. Concurrent calls for one token are serialised by the row lock.
+   * choice atomically. Concurrent calls for one token are serialised by the row lock. `successorHash`
+   * is the hash of the token a rotation makes live (derived from the presented one).
    */
-  refresh(tenantId: string, presentedHash: Buffer, newHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
+  refresh(tenantId: string, presentedHash: Buffer, successorHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
 }
-
-export type SessionState = Pick<Session, "revokedAt" | "revokeReason" | "expiresAt" | "idleExpiresAt">;
 
 export interface Revocation {
   now: Date;
@@ -61,7 +65,10 @@ export interface RevokeFilter {
 }
 
 export type RefreshDecision =
-  | { action: "rotate"; idleExpiresAt: Date | null }
+  /** The presented token is live: it is retired and its successor becomes the live token. */
+  | { action: "rotate"; activeAt: Date; idleExpiresAt: Date | null }
+  /** A retry within grace: its successor, still unused, stays the live token and is handed out again. */
+  | { action: "retry"; activeAt: Date; idleExpiresAt: Date | null }
   | { action: "revoke"; reason: RevokeReason; error: RefreshError }
   | { action: "reject"; error: RefreshError };
 

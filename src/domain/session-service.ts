@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import type { Clock } from "./clock.js";
+import { wholeSeconds, type Clock } from "./clock.js";
 import { decodeCursor, encodeCursor } from "./cursor.js";
 import { deviceTypeFromUserAgent } from "./device-type.js";
 import { AppError } from "./errors.js";
@@ -8,6 +8,8 @@ import type { PolicySource } from "./policy.js";
 import type { RefreshDecider, SessionStore } from "./ports.js";
 import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
 import type { KeyRing } from "./signing-keys.js";
+import { refreshTokenPattern, successorOf } from "./refresh-tokens.js";
+import { checkIdentifier, cleanFreeText } from "./text-rules.js";
 
 export interface SessionServiceDeps {
   sessions: SessionStore;
@@ -15,14 +17,26 @@ export interface SessionServiceDeps {
   clock: Clock;
   /** Key for the MACs on pagination cursors. */
   cursorKey: Buffer;
+  /** Key a refresh token's successor is derived with (refresh-tokens.ts). */
+  refreshTokenKey: Buffer;
   policies: PolicySource;
 }
 
+/**
+ * A filter the caller left out is undefined. One that is present must say something: an empty
+ * `user_id` is refused, never read as "every user" (a caller whose variable was empty would
+ * otherwise list, or revoke, the whole tenant).
+ */
 export interface ListInput {
-  userId: string;
-  status: SessionStatus | undefined;
-  limit: number | undefined;
-  cursor: string;
+  userId?: string | undefined;
+  status?: SessionStatus | undefined;
+  limit?: number | undefined;
+  cursor?: string | undefined;
+}
+
+export interface RevokeAllInput {
+  userId?: string | undefined;
+  exceptSessionId?: string | undefined;
 }
 
 export interface CreateInput {
@@ -64,13 +78,18 @@ export const maxAccessTokenLength = 4096;
 
 const defaultLimit = 20;
 const maxLimit = 100;
+/** Longest user id and org id, and role, in characters. */
+const maxIdCharacters = 255;
+const maxRoleCharacters = 64;
+/** User agents are kept to this many characters; longer ones are cut, not refused. */
+const maxUserAgentCharacters = 1024;
 
 export type SessionService = ReturnType<typeof createSessionService>;
 
-export function createSessionService({ sessions, keys, clock, cursorKey, policies }: SessionServiceDeps) {
-  /** An access token never outlives its session's absolute expiry. */
+export function createSessionService({ sessions, keys, clock, cursorKey, refreshTokenKey, policies }: SessionServiceDeps) {
+  /** An access token never outlives its session's absolute expiry. `now` is a whole second. */
   async function issueAccessToken(session: Session, now: Date, policy: SessionPolicy) {
-    const expiresAt = new Date(Math.min(now.getTime() + policy.accessTokenTtlSeconds * 1000, session.expiresAt.getTime()));
+    const expiresAt = wholeSeconds(new Date(Math.min(now.getTime() + policy.accessTokenTtlSeconds * 1000, session.expiresAt.getTime())));
     const accessToken = await keys.sign(
       {
         sub: session.userId,
@@ -95,9 +114,11 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
         throw new AppError("invalid_request", `limit must be between 1 and ${maxLimit}`, "limit");
       }
       const status = input.status ?? "active";
-      const userId = input.userId === "" ? undefined : checkLength("user_id", input.userId, 255);
-      const binding = [tenantId, userId ?? "", status];
-      const after = input.cursor === "" ? undefined : decodeCursor(cursorKey, binding, input.cursor);
+      const userId = input.userId === undefined ? undefined : checkIdentifier("user_id", input.userId, maxIdCharacters);
+      // The user id is bound with a marker, so "no filter" and any user id can never share a cursor.
+      const binding = [tenantId, userId === undefined ? "*" : `=${userId}`, status];
+      if (input.cursor === "") throw new AppError("invalid_request", "cursor must not be empty; leave it out for the first page", "cursor");
+      const after = input.cursor === undefined ? undefined : decodeCursor(cursorKey, binding, input.cursor);
       const rows = await sessions.listSessions(tenantId, { userId, status, now: clock.now(), after, limit: limit + 1 });
       const page = rows.slice(0, limit);
       const last = page[page.length - 1];
@@ -116,21 +137,27 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
       return session;
     },
 
-    /** `by` is who asked (an API key id), recorded on the session. */
+    /**
+     * Revokes a session that is active; one that already ended keeps its end (204 all the same).
+     * `by` is who asked (an API key id), recorded on the session.
+     */
     async revoke(tenantId: string, id: string, by: string | null): Promise<void> {
       const exists =
-        idPatterns.session.test(id) && (await sessions.revokeSession(tenantId, id, { now: clock.now(), reason: "revoked", by }));
+        idPatterns.session.test(id) &&
+        (await sessions.revokeSession(tenantId, id, { now: wholeSeconds(clock.now()), reason: "revoked", by }));
       if (!exists) throw sessionNotFound();
     },
 
-    async revokeAll(tenantId: string, filter: { userId: string; exceptSessionId: string }, by: string | null): Promise<number> {
+    /** Revokes every active session of one user, or of the tenant when `userId` is left out. */
+    async revokeAll(tenantId: string, filter: RevokeAllInput, by: string | null): Promise<number> {
+      const { exceptSessionId } = filter;
+      if (exceptSessionId !== undefined && !idPatterns.session.test(exceptSessionId)) {
+        throw new AppError("invalid_request", "except_session_id must be a session id", "except_session_id");
+      }
       return sessions.revokeSessions(
         tenantId,
-        {
-          userId: filter.userId === "" ? undefined : checkLength("user_id", filter.userId, 255),
-          exceptSessionId: filter.exceptSessionId === "" ? undefined : filter.exceptSessionId,
-        },
-        { now: clock.now(), reason: "revoked_all", by },
+        { userId: filter.userId === undefined ? undefined : checkIdentifier("user_id", filter.userId, maxIdCharacters), exceptSessionId },
+        { now: wholeSeconds(clock.now()), reason: "revoked_all", by },
       );
     },
 
@@ -143,7 +170,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
       if (claims.tenant_id !== tenantId || claims.aud !== tenantId) {
         return { valid: false, code: "tenant_mismatch", message: "the access token belongs to another tenant" };
       }
-      const state = idPatterns.session.test(claims.sid) ? await sessions.getSessionState(tenantId, claims.sid) : null;
+      const state = idPatterns.session.test(claims.sid) ? await sessions.getSessionEndState(tenantId, claims.sid) : null;
       if (state === null) return { valid: false, code: "invalid_token", message: "the access token's session does not exist" };
       const status = statusOf(state, clock.now());
       if (status === "revoked") return { valid: false, code: "session_revoked", message: "the session has been revoked" };
@@ -163,6 +190,10 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
 
     async create(tenantId: string, input: CreateInput): Promise<TokenPair> {
       if (input.userId === "") throw new AppError("invalid_request", "user_id is required", "user_id");
+      const userId = checkIdentifier("user_id", input.userId, maxIdCharacters);
+      const role = input.role === "" ? "member" : checkIdentifier("role", input.role, maxRoleCharacters);
+      const orgId = input.orgId === undefined || input.orgId === "" ? null : checkIdentifier("org_id", input.orgId, maxIdCharacters);
+      const userAgent = cleanFreeText("user_agent", input.userAgent, maxUserAgentCharacters);
       if (input.ipAddress !== "" && isIP(input.ipAddress) === 0) {
         throw new AppError("invalid_request", "ip_address must be an IPv4 or IPv6 address", "ip_address");
       }
@@ -171,26 +202,23 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
         throw new AppError("invalid_request", "country must be an ISO 3166-1 alpha-2 code", "country");
       }
       const policy = await policies.policyFor(tenantId);
-      const now = clock.now();
-      const userAgent = input.userAgent.slice(0, 1024);
+      const now = wholeSeconds(clock.now());
       const session: Session = {
         tenantId,
         id: newId("ses"),
-        userId: checkLength("user_id", input.userId, 255),
+        userId,
         userAgent,
         ipAddress: input.ipAddress,
         country,
         deviceType: input.deviceType ?? deviceTypeFromUserAgent(userAgent),
-        role: checkLength("role", input.role === "" ? "member" : input.role, 64),
-        orgId: input.orgId === undefined || input.orgId === "" ? null : checkLength("org_id", input.orgId, 255),
+        role,
+        orgId,
         isMfaVerified: input.isMfaVerified,
         createdAt: now,
         lastActiveAt: now,
         expiresAt: new Date(now.getTime() + policy.sessionLifetimeSeconds * 1000),
         idleExpiresAt: idleExpiry(now, policy),
-        revokedAt: null,
-        revokeReason: null,
-        revokedBy: null,
+        recordedEnd: null,
       };
       const refreshToken = newSecret("rt_");
       await sessions.insertSession(session, hashSecret(refreshToken), policy.maxSessionsPerUser);
@@ -198,15 +226,20 @@ export function createSessionService({ sessions, keys, clock, cursorKey, policie
       return { session, accessToken, refreshToken, accessTokenExpiresAt, refreshTokenExpiresAt: session.expiresAt };
     },
 
+    /**
+     * Exchanges a refresh token for a new pair. The new refresh token is always the presented one's
+     * successor, derived from it (refresh-tokens.ts): a retry within grace gets the same one.
+     */
     async refresh(tenantId: string, refreshToken: string): Promise<TokenPair & { expiresInSeconds: number }> {
       if (refreshToken === "") throw new AppError("invalid_request", "refresh_token is required", "refresh_token");
-      if (!/^rt_[A-Za-z0-9_-]{43}$/.test(refreshToken)) {
+      if (!refreshTokenPattern.test(refreshToken)) {
         throw new AppError("refresh_token_invalid", "the refresh token is invalid");
       }
       const policy = await policies.policyFor(tenantId);
-      const now = clock.now();
-      const next = newSecret("rt_");
-      const result = await sessions.refresh(tenantId, hashSecret(refreshToken), hashSecret(next), now, decideRefresh(now, policy));
+      const decidedAt = clock.now();
+      const now = wholeSeconds(decidedAt);
+      const next = successorOf(refreshTokenKey, refreshToken);
+      const result = await sessions.refresh(tenantId, hashSecret(refreshToken), hashSecret(next), decidedAt, decideRefresh(decidedAt, policy));
       if (!result.ok) throw new AppError(result.error, refreshErrorMessages[result.error]);
       const { accessToken, accessTokenExpiresAt } = await issueAccessToken(result.session, now, policy);
       return {
@@ -228,33 +261,36 @@ const refreshErrorMessages = {
 } as const;
 
 /**
- * The refresh rules, as a pure function of the locked token and session rows:
+ * The refresh rules, as a pure function of the locked token and session rows, at `now`:
  * - an ended session refuses (revoked: session_revoked; expired or idle: refresh_token_expired);
- * - a live token rotates, moving the idle expiry;
- * - a rotated token whose successor is still live, presented within the grace window after its
- *   rotation, is a retry (lost response, two tabs): it rotates again, retiring that successor;
+ * - the live token rotates: its successor becomes the live token, and the idle deadline moves;
+ * - a rotated token whose successor is still live (unused), presented within the grace window after
+ *   its rotation, is a retry (a lost response, two tabs): the same successor is handed out again,
+ *   so every holder ends up with the one live token, and the idle deadline moves;
  * - any other rotated token is reuse: the session is revoked and the request fails.
+ * Instants it records (last_active_at, the idle deadline) are whole seconds; the grace window is
+ * measured from the exact rotation time.
  */
 export function decideRefresh(now: Date, policy: SessionPolicy): RefreshDecider {
   return (token, session) => {
     const status = statusOf(session, now);
     if (status === "revoked") return { action: "reject", error: "session_revoked" };
     if (status === "expired") return { action: "reject", error: "refresh_token_expired" };
-    const rotate = { action: "rotate", idleExpiresAt: idleExpiry(now, policy) } as const;
-    if (token.rotatedAt === null) return rotate;
+    const activeAt = wholeSeconds(now);
+    const idleExpiresAt = idleExpiry(activeAt, policy);
+    if (token.rotatedAt === null) return { action: "rotate", activeAt, idleExpiresAt };
     const isWithinGrace = now.getTime() - token.rotatedAt.getTime() <= policy.refreshGraceSeconds * 1000;
-    if (isWithinGrace && token.isSuccessorLive) return rotate;
+    if (isWithinGrace && token.isSuccessorLive) {
+      // The successor on record is not the one we can derive only if the derivation key changed
+      // since: refuse this retry rather than mint a second live token; the other holder goes on.
+      return token.isSuccessorDerived ? { action: "retry", activeAt, idleExpiresAt } : { action: "reject", error: "refresh_token_invalid" };
+    }
     return { action: "revoke", reason: "refresh_token_reuse", error: "refresh_token_invalid" };
   };
 }
 
 function idleExpiry(now: Date, policy: SessionPolicy): Date | null {
   return policy.idleTimeoutSeconds === null ? null : new Date(now.getTime() + policy.idleTimeoutSeconds * 1000);
-}
-
-function checkLength(field: string, value: string, max: number): string {
-  if (value.length > max) throw new AppError("invalid_request", `${field} must be at most ${max} characters`, field);
-  return value;
 }
 
 function sessionNotFound() {

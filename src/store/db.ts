@@ -34,6 +34,14 @@ export interface DatabaseOptions {
   poolSize: number;
 }
 
+/**
+ * Identifier columns are VARBINARY (exact, byte-for-byte comparison on every engine; migration 0002),
+ * which the driver returns as bytes: this reads them back as the UTF-8 text they were written from.
+ */
+export function text(value: Buffer | string): string {
+  return typeof value === "string" ? value : value.toString("utf8");
+}
+
 /** Creates the database named in the URL if it is missing, then opens a pool on it. */
 export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<Pool> {
   const parsed = new URL(url);

@@ -9,8 +9,10 @@ const lockTimeoutSeconds = 60;
 
 /**
  * Applies the forward-only SQL migrations in src/store/migrations in name order, each once.
- * A named lock serialises instances that start together. MySQL commits DDL implicitly, so each
- * file holds statements that are safe to re-run (IF NOT EXISTS) should a start die half-way.
+ * A named lock serialises instances that start together. MySQL commits DDL implicitly, so a file
+ * cannot be one transaction: each statement that completes is recorded (`<file>#<n>`), and a start
+ * that died half-way resumes after the last recorded statement. (`ADD COLUMN IF NOT EXISTS` would
+ * do the same per statement, but MySQL 8 does not have it.)
  */
 export async function migrate(pool: Pool): Promise<string[]> {
   const conn = await pool.getConnection();
@@ -28,11 +30,18 @@ export async function migrate(pool: Pool): Promise<string[]> {
       const done = new Set(rows.map((r) => r.version));
       const files = (await readdir(migrationsDir)).filter((f) => f.endsWith(".sql")).sort();
       const applied: string[] = [];
+      const record = (version: string) => conn.query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", [version, new Date()]);
       for (const file of files) {
         if (done.has(file)) continue;
-        const sql = await readFile(migrationsDir + file, "utf8");
-        for (const statement of splitStatements(sql)) await conn.query(statement);
-        await conn.query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", [file, new Date()]);
+        const statements = splitStatements(await readFile(migrationsDir + file, "utf8"));
+        for (const [i, statement] of statements.entries()) {
+          const step = `${file}#${i + 1}`;
+          if (done.has(step)) continue;
+          await conn.query(statement);
+          await record(step);
+        }
+        await record(file);
+        await conn.query("DELETE FROM schema_migrations WHERE version LIKE ?", [`${file}#%`]);
         applied.push(file);
       }
       return applied;

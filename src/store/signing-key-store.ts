@@ -1,10 +1,10 @@
 import type { RowDataPacket } from "mysql2/promise";
 import type { SigningKeyRecord } from "../domain/model.js";
 import type { SigningKeyStore } from "../domain/ports.js";
-import { query, translateDriverError, type Pool } from "./db.js";
+import { query, text, translateDriverError, type Pool } from "./db.js";
 
 interface SigningKeyRow extends RowDataPacket {
-  id: string;
+  id: Buffer;
   public_x: string;
   private_key_encrypted: Buffer;
   created_at: Date;
@@ -24,7 +24,7 @@ export function createSigningKeyStore(pool: Pool): SigningKeyStore {
         "SELECT id, public_x, private_key_encrypted, created_at, signs_from, retired_at, revoked_at FROM signing_keys ORDER BY signs_from, id",
       );
       return rows.map((r) => ({
-        id: r.id,
+        id: text(r.id),
         publicX: r.public_x,
         privateKeyEncrypted: r.private_key_encrypted,
         createdAt: r.created_at,

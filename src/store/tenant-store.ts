@@ -1,27 +1,27 @@
 import type { RowDataPacket } from "mysql2/promise";
 import type { ApiKey, Tenant } from "../domain/model.js";
 import type { TenantStore } from "../domain/ports.js";
-import { query, type Pool } from "./db.js";
+import { query, text, type Pool } from "./db.js";
 
 interface TenantRow extends RowDataPacket {
-  id: string;
+  id: Buffer;
   name: string;
   created_at: Date;
 }
 
 interface ApiKeyRow extends RowDataPacket {
-  tenant_id: string;
-  id: string;
+  tenant_id: Buffer;
+  id: Buffer;
   key_hint: string;
   created_at: Date;
   revoked_at: Date | null;
 }
 
-const toTenant = (r: TenantRow): Tenant => ({ id: r.id, name: r.name, createdAt: r.created_at });
+const toTenant = (r: TenantRow): Tenant => ({ id: text(r.id), name: r.name, createdAt: r.created_at });
 
 const toApiKey = (r: ApiKeyRow): ApiKey => ({
-  tenantId: r.tenant_id,
-  id: r.id,
+  tenantId: text(r.tenant_id),
+  id: text(r.id),
   hint: r.key_hint,
   createdAt: r.created_at,
   revokedAt: r.revoked_at,

@@ -59,7 +59,7 @@ export function toProtoSession(session: Session, now: Date): MessageInitShape<ty
     mfaVerified: session.isMfaVerified,
     revokedAt: end ? timestampFromDate(end.at) : undefined,
     revokeReason: end ? endReasonToProto[end.reason] : ProtoRevokeReason.UNSPECIFIED,
-    revokedBy: session.revokedBy ?? undefined,
+    revokedBy: session.recordedEnd?.by ?? undefined,
   };
 }
 

@@ -9,14 +9,20 @@ import { AppError } from "../domain/errors.js";
 export const clientIpKey = createContextKey<string>("unknown", { description: "client IP address" });
 
 export interface RateLimitConfig {
-  /** Per tenant: RPCs without side effects (list, get, verify). */
+  /** Per tenant: RPCs without side effects (list, get, verify). 0: off (the default). */
   readPerMinute: number;
-  /** Per tenant: RPCs that change sessions (create, revoke). */
+  /** Per tenant: RPCs that change sessions (create, revoke). 0: off (the default). */
   writePerMinute: number;
-  /** Per tenant and client IP: the public refresh RPC. */
+  /** Per tenant and client IP: the public refresh RPC. 0: off (the default). */
   refreshPerMinute: number;
-  /** Per client IP, checked before authentication, so floods of bad keys never reach the database. */
+  /** Per client IP: public RPCs (refresh), checked before anything is looked up. On by default. */
   ipPerMinute: number;
+  /**
+   * Per client IP: failed authentications. Past it, that address may still use keys this instance
+   * has already checked, but no new key is looked up until the window ends, so a flood of guessed
+   * keys never reaches the database while the address's working keys keep working.
+   */
+  authFailuresPerMinute: number;
 }
 
 type Tier = "read" | "write" | "refresh";
@@ -28,8 +34,12 @@ export function tierOf(method: DescMethod): Tier {
 }
 
 export interface RateLimits {
-  /** Counts one call from this IP; throws rate_limit_exceeded past the per-IP limit. */
+  /** Counts one call of a public RPC from this IP; throws rate_limit_exceeded past the per-IP limit. */
   checkIp(ctx: HandlerContext): Promise<void>;
+  /** Throws rate_limit_exceeded when this IP has used up its failed-authentication budget. */
+  checkKeyLookup(ctx: HandlerContext): Promise<void>;
+  /** Counts one failed authentication from this IP. */
+  countAuthFailure(ctx: HandlerContext): Promise<void>;
   /** Counts one call against the tenant's tier and reports the budget in X-RateLimit-* headers. */
   checkTenant(ctx: HandlerContext, tier: Tier, tenantId: string): Promise<void>;
 }
@@ -37,11 +47,14 @@ export interface RateLimits {
 /**
  * Fixed one-minute windows kept in this instance's memory (rate-limiter-flexible). With N instances
  * behind a balancer a client gets up to N times each limit; a shared store is not built. A limit of
- * 0 turns that limit off.
+ * 0 turns that limit off. By default only the unauthenticated refresh is limited (per IP) and failed
+ * authentications are budgeted per IP: a healthy tenant's traffic is never throttled unless its
+ * operator opts in to per-tenant limits.
  */
 export function createRateLimits(config: RateLimitConfig): RateLimits {
   const limiter = (points: number) => (points > 0 ? new RateLimiterMemory({ points, duration: 60 }) : undefined);
   const ip = limiter(config.ipPerMinute);
+  const authFailures = limiter(config.authFailuresPerMinute);
   const tiers: Record<Tier, RateLimiterMemory | undefined> = {
     read: limiter(config.readPerMinute),
     write: limiter(config.writePerMinute),
@@ -63,20 +76,29 @@ export function createRateLimits(config: RateLimitConfig): RateLimits {
       ctx.responseHeader.set("x-ratelimit-remaining", String(Math.max(0, res.remainingPoints)));
       ctx.responseHeader.set("x-ratelimit-reset", String(Math.ceil((Date.now() + res.msBeforeNext) / 1000)));
     }
-    if (isExceeded) {
-      const retryAfterSeconds = Math.max(1, Math.ceil(res.msBeforeNext / 1000));
-      ctx.responseHeader.set("retry-after", String(retryAfterSeconds));
-      throw new AppError("rate_limit_exceeded", `rate limit exceeded; retry after ${retryAfterSeconds} seconds`);
-    }
+    if (isExceeded) throw exceeded(ctx, res.msBeforeNext);
   }
 
   return {
     async checkIp(ctx) {
       if (ip) await take(ip, ctx.values.get(clientIpKey), ctx, false);
     },
+    async checkKeyLookup(ctx) {
+      const used = authFailures ? await authFailures.get(ctx.values.get(clientIpKey)) : null;
+      if (authFailures && used !== null && used.consumedPoints >= authFailures.points) throw exceeded(ctx, used.msBeforeNext);
+    },
+    async countAuthFailure(ctx) {
+      await authFailures?.penalty(ctx.values.get(clientIpKey), 1);
+    },
     async checkTenant(ctx, tier, tenantId) {
       const rl = tiers[tier];
       if (rl) await take(rl, tier === "refresh" ? `${tenantId}|${ctx.values.get(clientIpKey)}` : tenantId, ctx, true);
     },
   };
+}
+
+function exceeded(ctx: HandlerContext, msBeforeNext: number): AppError {
+  const retryAfterSeconds = Math.max(1, Math.ceil(msBeforeNext / 1000));
+  ctx.responseHeader.set("retry-after", String(retryAfterSeconds));
+  return new AppError("rate_limit_exceeded", `rate limit exceeded; retry after ${retryAfterSeconds} seconds`);
 }

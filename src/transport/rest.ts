@@ -1,4 +1,7 @@
-import type { IncomingHttpHeaders } from "node:http";
+import { randomUUID } from "node:crypto";
+import { STATUS_CODES, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { Socket } from "node:net";
 import {
   type DescMessage,
   type DescMethod,
@@ -17,11 +20,11 @@ import {
   type ServiceImpl,
   createContextValues,
 } from "@connectrpc/connect";
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions, RouteOptions } from "fastify";
 import { http } from "../../gen/google/api/annotations_pb.js";
 import { http_success_code } from "../../gen/sessions/v1/options_pb.js";
-import { AppError } from "../domain/errors.js";
-import { toPublicError } from "./error-codes.js";
+import { AppError, type ErrorCode } from "../domain/errors.js";
+import { errorTable, toPublicError } from "./error-codes.js";
 import { type RestParams, fromRestJson, fromRestParams, toRestJson } from "./rest-json.js";
 
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
@@ -120,9 +123,31 @@ export function registerRest<S extends DescService>(
       }
     });
     for (const route of routes) {
-      scope.route({ method: route.httpMethod, url: route.url, handler: restHandler(route, opts.impl, opts.contextValues) });
+      scope.route({
+        method: route.httpMethod,
+        url: route.url,
+        // A call that takes no body refuses one, before it is read: a filter sent in a body (say
+        // DELETE /v1/sessions {"user_id": …}) would otherwise be ignored and the call would act on
+        // everything its query string selects.
+        ...(route.body === "" ? { onRequest: refuseBody } : {}),
+        handler: restHandler(route, opts.impl, opts.contextValues),
+      });
     }
   });
+}
+
+async function refuseBody(request: FastifyRequest): Promise<void> {
+  if (hasBody(request.raw)) {
+    throw new AppError("invalid_request", `${request.method} ${request.routeOptions.url} takes no request body: it takes its parameters in the path and query string`);
+  }
+}
+
+/** True when the request carries a body, before reading it: by its headers, or on HTTP/2 by its stream. */
+function hasBody(raw: IncomingMessage | Http2ServerRequest): boolean {
+  const length = raw.headers["content-length"];
+  if (length !== undefined) return length !== "0";
+  if (raw.headers["transfer-encoding"] !== undefined) return true;
+  return "stream" in raw && !raw.stream.endAfterHeaders;
 }
 
 function restHandler(route: RestRoute, impl: object, contextValues?: (request: FastifyRequest) => ContextValues) {
@@ -155,6 +180,7 @@ function restHandler(route: RestRoute, impl: object, contextValues?: (request: F
     };
     let output: Message;
     try {
+      if (isInvalidQuery(request.query)) throw new AppError("invalid_request", "the query string is not valid: use percent-encoded UTF-8");
       const bodyJson = body === "*" ? (request.body ?? {}) : body ? { [body]: request.body ?? null } : {};
       const input = fromRestJson(method.input, bodyJson, { exclude: pathFields });
       fromRestParams(method.input, request.query as RestParams, { into: input, exclude: boundFields });
@@ -171,27 +197,141 @@ function restHandler(route: RestRoute, impl: object, contextValues?: (request: F
   };
 }
 
+/**
+ * Every error answers in the REST envelope with a request id, including those raised before any
+ * handler runs. These fastify options cover the ones fastify and Node raise themselves: a URL that
+ * does not decode, an over-long path parameter, a query string that is not percent-encoded UTF-8,
+ * and what Node's HTTP parser refuses (oversized headers, malformed requests, timeouts). Pass them to
+ * `Fastify(...)`; `registerRestErrors` handles the rest.
+ */
+export const restServerOptions = {
+  genReqId: requestIdOf,
+  requestIdHeader: false,
+  frameworkErrors: (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => sendError(request, reply, fromFastify(error)),
+  clientErrorHandler: answerClientError,
+  routerOptions: { querystringParser: parseQueryString },
+} satisfies Partial<FastifyServerOptions>;
+
+/** A client's X-Request-ID is kept when it is well-formed (it is logged and echoed); otherwise ours. */
+const requestIdPattern = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export function requestIdOf(req: IncomingMessage | Http2ServerRequest): string {
+  const given = req.headers["x-request-id"];
+  return typeof given === "string" && requestIdPattern.test(given) ? given : newRequestId();
+}
+
+const newRequestId = () => `req_${randomUUID().replaceAll("-", "")}`;
+
+/** What Node's parser refuses before fastify sees a request; answered on the raw socket. */
+function answerClientError(this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  const code: ErrorCode =
+    err.code === "HPE_HEADER_OVERFLOW" ? "headers_too_large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "request_timeout" : "invalid_request";
+  const { status } = errorTable[code];
+  const requestId = newRequestId();
+  const body = JSON.stringify({ error: { code, message: clientErrorMessages[code] ?? "malformed HTTP request", status, request_id: requestId } });
+  this.log.info({ reqId: requestId, code, status, parserError: err.code }, "request refused by the HTTP parser");
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-ID: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
+const clientErrorMessages: Partial<Record<ErrorCode, string>> = {
+  headers_too_large: "the request headers are too large",
+  request_timeout: "the request was not received in time",
+};
+
+/**
+ * Sets the REST error and not-found handlers on `app`, and keeps a table of every route (REST,
+ * Connect, operational) so that a known path called with another method is 405 with `Allow`, not
+ * 404. Call it before any route is registered.
+ */
+export function registerRestErrors(app: FastifyInstance): void {
+  const known: { pattern: RegExp; methods: string[] }[] = [];
+  app.addHook("onRoute", (route: RouteOptions) => {
+    const methods = [route.method].flat();
+    known.push({ pattern: pathPattern(route.url), methods });
+  });
+  app.setErrorHandler(restErrorHandler);
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split("?")[0] ?? "";
+    const allowed = [...new Set(known.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods))].sort();
+    if (allowed.length === 0) return sendError(request, reply, new AppError("not_found", "no such endpoint"));
+    reply.header("allow", allowed.join(", "));
+    return sendError(request, reply, new AppError("method_not_allowed", `${request.method} is not allowed here; allowed: ${allowed.join(", ")}`));
+  });
+}
+
+/** A fastify route path (`/v1/sessions/:id`, `/x/*`) as a regular expression for concrete paths. */
+function pathPattern(url: string): RegExp {
+  const source = url
+    .split("/")
+    .map((segment) => (segment.startsWith(":") ? "[^/]+" : segment === "*" ? ".*" : segment.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
+    .join("/");
+  return new RegExp(`^${source}$`);
+}
+
 /** For app.setErrorHandler: fastify's own failures (body parsing, limits) and anything a route throws. */
 export function restErrorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   return sendError(request, reply, fromFastify(error));
-}
-
-/** For app.setNotFoundHandler. */
-export function restNotFoundHandler(request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  return sendError(request, reply, new AppError("not_found", "no such endpoint"));
 }
 
 /** The one place REST error bodies are built. Internal details only ever reach the log. */
 function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): FastifyReply {
   const { cause, code, message, status } = toPublicError(err);
   if (cause !== undefined) request.log.error({ err: cause }, "request failed");
+  reply.header("x-request-id", request.id);
   return sendJson(reply, status, { error: { code, message, status, request_id: request.id } });
+}
+
+const invalidQuery = Symbol("invalid query string");
+
+/**
+ * Fastify's query-string parser, strict: keys and values must be percent-encoded UTF-8 (raw bytes
+ * outside printable ASCII, a malformed escape or an escape that is not UTF-8 make the whole query
+ * invalid, which the REST handler answers with 400). A key given twice becomes a list, as before.
+ */
+export function parseQueryString(query: string): Record<string, string | string[]> {
+  const params: Record<string, string | string[]> = Object.create(null);
+  if (/[^\x21-\x7e]/.test(query)) return markInvalid(params);
+  for (const pair of query.split("&")) {
+    if (pair === "") continue;
+    const eq = pair.indexOf("=");
+    let key: string;
+    let value: string;
+    try {
+      key = decodeURIComponent((eq < 0 ? pair : pair.slice(0, eq)).replaceAll("+", " "));
+      value = eq < 0 ? "" : decodeURIComponent(pair.slice(eq + 1).replaceAll("+", " "));
+    } catch {
+      return markInvalid(params);
+    }
+    const before = params[key];
+    params[key] = before === undefined ? value : [before, value].flat();
+  }
+  return params;
+}
+
+function markInvalid(params: Record<string, string | string[]>) {
+  Object.defineProperty(params, invalidQuery, { value: true });
+  return params;
+}
+
+function isInvalidQuery(query: unknown): boolean {
+  return typeof query === "object" && query !== null && invalidQuery in query;
 }
 
 function fromFastify(error: FastifyError): unknown {
   const status = error.statusCode;
   if (status === undefined || status < 400 || status > 499) return error;
   switch (error.code) {
+    case "FST_ERR_BAD_URL":
+      return new AppError("invalid_request", "the URL path is not valid: use percent-encoded UTF-8");
+    case "FST_ERR_MAX_PARAM_LENGTH":
+      return new AppError("uri_too_long", "a path parameter is too long");
     case "FST_ERR_CTP_INVALID_JSON_BODY":
       return new AppError("invalid_request", "malformed JSON body");
     case "FST_ERR_CTP_EMPTY_JSON_BODY":

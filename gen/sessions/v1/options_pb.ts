@@ -11,7 +11,7 @@ import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
  * Describes the file sessions/v1/options.proto.
  */
 export const file_sessions_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MTpMChFodHRwX3N1Y2Nlc3NfY29kZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKAVSD2h0dHBTdWNjZXNzQ29kZTo9Cglpc19wdWJsaWMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjShgMgASgIUghpc1B1YmxpY2IGcHJvdG8z", [file_google_protobuf_descriptor]);
+  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MTpMChFodHRwX3N1Y2Nlc3NfY29kZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKAVSD2h0dHBTdWNjZXNzQ29kZTo9Cglpc19wdWJsaWMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjShgMgASgIUghpc1B1YmxpYzo7Cghub19zdG9yZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNOGAyABKAhSB25vU3RvcmViBnByb3RvMw", [file_google_protobuf_descriptor]);
 
 /**
  * http_success_code is the HTTP status the REST mapping answers on success (200 when unset).
@@ -28,4 +28,13 @@ export const http_success_code: GenExtension<MethodOptions, number> = /*@__PURE_
  */
 export const is_public: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
   extDesc(file_sessions_v1_options, 1);
+
+/**
+ * no_store marks an RPC whose responses carry secrets (tokens): on every protocol they are sent
+ * with `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 section 5.1, RFC 9700).
+ *
+ * @generated from extension: bool no_store = 50003;
+ */
+export const no_store: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
+  extDesc(file_sessions_v1_options, 2);
 
