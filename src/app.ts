@@ -72,7 +72,7 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
       },
     },
   });
-  const metrics = createMetrics();
+  const metrics = createMetrics(services.metricsRegistry);
   let isShuttingDown = false;
   // Before any route: it keeps the table that tells 405 from 404.
   registerRestErrors(app);

@@ -78,6 +78,10 @@ const schema = z
     // Failed authentications per client address before new keys from it stop being looked up.
     RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: int(0, 10_000_000, 100),
     TRUST_PROXY: trustProxy,
+    // Ended sessions and rotated refresh tokens are deleted this many days after their end.
+    RETENTION_DAYS: int(1, 3650, 30),
+    // How often an instance tries to run the retention sweep (one instance at a time); 0: never.
+    RETENTION_SWEEP_INTERVAL_SECONDS: int(0, 86_400, 60),
   })
   .transform((env, ctx) => {
     if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
@@ -109,6 +113,8 @@ const schema = z
         authFailuresPerMinute: env.RATE_LIMIT_AUTH_FAILURES_PER_MINUTE,
       },
       trustProxy: env.TRUST_PROXY,
+      retentionDays: env.RETENTION_DAYS,
+      retentionSweepIntervalMs: env.RETENTION_SWEEP_INTERVAL_SECONDS * 1000,
     };
   });
 

@@ -35,6 +35,7 @@ async function main(): Promise<void> {
     await app.close();
   });
   await app.listen({ port: config.port, host: config.host });
+  services.startWorkers((err, msg) => app.log.error({ err }, msg));
 }
 
 /** The driver's own words behind an `unavailable`, for the operator. */

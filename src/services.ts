@@ -1,4 +1,5 @@
 import { hkdfSync } from "node:crypto";
+import { collectDefaultMetrics, Registry } from "prom-client";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Config } from "./config.js";
 import { createAuthenticator, type Authenticator } from "./domain/api-keys.js";
@@ -9,20 +10,28 @@ import { AppError } from "./domain/errors.js";
 import type { TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { closePool, openDatabase, type Pool } from "./store/db.js";
+import { createLeaseStore } from "./store/lease-store.js";
+import { createRetentionStore } from "./store/retention-store.js";
 import { migrate } from "./store/migrate.js";
 import { createPolicyStore } from "./store/policy-store.js";
 import { createSessionStore } from "./store/session-store.js";
 import { createSigningKeyStore } from "./store/signing-key-store.js";
 import { createTenantStore } from "./store/tenant-store.js";
+import { createRetentionSweep, type RetentionSweep } from "./workers/retention-sweep.js";
 
 /** Everything the app runs on, built once at start and closed once at the end. */
 export interface Services {
   pool: Pool;
+  /** Prometheus metrics of every part (default Node metrics, RPCs, workers). */
+  metricsRegistry: Registry;
   clock: Clock;
   keyRing: KeyRing;
   sessionService: SessionService;
   authenticator: Authenticator;
   tenantStore: TenantStore;
+  retentionSweep: RetentionSweep;
+  /** Starts the background workers (the retention sweep); `log` hears of their failures. */
+  startWorkers(log: (err: unknown, msg: string) => void): void;
   close(): Promise<void>;
 }
 
@@ -74,11 +83,24 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
     });
     await keyRing.start();
     const tenantStore = createTenantStore(pool);
+    const metricsRegistry = new Registry();
+    collectDefaultMetrics({ register: metricsRegistry });
+    let logWorkerError: (err: unknown, msg: string) => void = () => undefined;
+    const retentionSweep = createRetentionSweep({
+      store: createRetentionStore(pool),
+      leases: createLeaseStore(pool),
+      clock,
+      retentionDays: config.retentionDays,
+      intervalMs: config.retentionSweepIntervalMs,
+      registry: metricsRegistry,
+      onError: (err) => logWorkerError(err, "retention sweep failed"),
+    });
     // Cursor MACs and refresh-token successors get their own keys, derived so that one secret (the
     // KEK) is all an operator manages.
     const deriveKey = (purpose: string) => Buffer.from(hkdfSync("sha256", config.keyEncryptionKey, Buffer.alloc(0), purpose, 32));
     return {
       pool,
+      metricsRegistry,
       clock,
       keyRing,
       sessionService: createSessionService({
@@ -92,8 +114,14 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
       }),
       authenticator: createAuthenticator(tenantStore, clock, config.apiKeyCacheSeconds),
       tenantStore,
+      retentionSweep,
+      startWorkers(log) {
+        logWorkerError = log;
+        retentionSweep.start();
+      },
       async close() {
         keyRing.stop();
+        await retentionSweep.stop();
         await closePool(pool);
       },
     };

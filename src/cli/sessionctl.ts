@@ -4,10 +4,12 @@ import { mintApiKey } from "../domain/api-keys.js";
 import { systemClock } from "../domain/clock.js";
 import type { SessionPolicy, Tenant } from "../domain/model.js";
 import { defaultPolicy, validatePolicy } from "../domain/policy.js";
+import { purge, retentionCutoff } from "../domain/retention.js";
 import { isPublished, pickSigningKey, revokeSigningKey, rotateSigningKey } from "../domain/signing-keys.js";
 import { idPatterns, newId } from "../domain/secrets.js";
 import { openDatabase, type Pool } from "../store/db.js";
 import { migrate } from "../store/migrate.js";
+import { createRetentionStore } from "../store/retention-store.js";
 import { createPolicyStore } from "../store/policy-store.js";
 import { createSigningKeyStore } from "../store/signing-key-store.js";
 import { createTenantStore } from "../store/tenant-store.js";
@@ -222,6 +224,30 @@ signingKeys
       const isRevoked = await revokeSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, opts.kid, systemClock.now());
       if (!isRevoked) throw new Error(`no active signing key ${opts.kid}`);
       print(opts.json === true, { kid: opts.kid, revoked: true }, [`revoked ${opts.kid}`]);
+    });
+  });
+
+program
+  .command("purge")
+  .description("delete ended sessions and rotated refresh tokens older than RETENTION_DAYS (default 30), as the background sweep does")
+  .option("--dry-run", "print what would be deleted, delete nothing")
+  .addOption(json)
+  .action(async (opts: { dryRun?: boolean; json?: boolean }) => {
+    await withDatabase(async (pool, config) => {
+      const cutoff = retentionCutoff(systemClock.now(), config.retentionDays);
+      const report = await purge(createRetentionStore(pool), cutoff, { dryRun: opts.dryRun === true });
+      const verb = opts.dryRun ? "would delete" : "deleted";
+      const shown = {
+        dry_run: opts.dryRun === true,
+        cutoff: report.cutoff.toISOString(),
+        sessions: report.total.sessions,
+        refresh_tokens: report.total.refreshTokens,
+        tenants: report.tenants.map((t) => ({ tenant_id: t.tenantId, sessions: t.sessions, refresh_tokens: t.refreshTokens })),
+      };
+      print(opts.json === true, shown, [
+        `${verb} ${shown.sessions} sessions and ${shown.refresh_tokens} refresh tokens that ended before ${shown.cutoff}`,
+        ...shown.tenants.map((t) => `  ${t.tenant_id}  sessions ${t.sessions}  refresh tokens ${t.refresh_tokens}`),
+      ]);
     });
   });
 

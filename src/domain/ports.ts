@@ -80,6 +80,33 @@ export type RefreshResult =
   | { ok: true; session: Session }
   | { ok: false; error: RefreshError };
 
+/**
+ * What the retention sweep deletes: sessions that ended before a cutoff (with all their refresh
+ * tokens), and refresh tokens rotated away before it. Every call is one tenant's and one small
+ * batch, so no statement holds locks for long.
+ */
+export interface RetentionStore {
+  /** The first tenant id after `after` (in byte order) that has sessions, or null: a keyset walk over tenants. */
+  nextTenantWithSessions(after: string | null): Promise<string | null>;
+  /** Deletes up to `limit` sessions of the tenant that ended before `cutoff`, and their refresh tokens. */
+  purgeEndedSessions(tenantId: string, cutoff: Date, limit: number): Promise<PurgeCounts>;
+  /** Deletes up to `limit` of the tenant's refresh tokens rotated away before `cutoff`. */
+  purgeRotatedTokens(tenantId: string, cutoff: Date, limit: number): Promise<number>;
+  /** What purging at `cutoff` would delete for the tenant, changing nothing. */
+  countPurgeable(tenantId: string, cutoff: Date): Promise<PurgeCounts>;
+}
+
+export interface PurgeCounts {
+  sessions: number;
+  refreshTokens: number;
+}
+
+/** Leases for background work one instance at a time should do; they outlive connections. */
+export interface LeaseStore {
+  /** Takes or renews the lease `name` for `holder` until `until`; false when another holder has it. */
+  tryAcquire(name: string, holder: string, now: Date, until: Date): Promise<boolean>;
+}
+
 export interface TenantStore {
   createTenant(tenant: Tenant): Promise<void>;
   listTenants(): Promise<Tenant[]>;

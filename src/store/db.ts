@@ -96,6 +96,14 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
   return pool;
 }
 
+/** How many pooled connections are busy and how many callers wait for one (metrics, tests). */
+export function poolStats(pool: Pool): { inUse: number; idle: number; waiting: number } {
+  // mysql2 exposes these only as internal queues; read them in one place.
+  const inner = pool.pool as unknown as { _allConnections: { length: number }; _freeConnections: { length: number }; _connectionQueue: { length: number } };
+  const idle = inner._freeConnections.length;
+  return { inUse: inner._allConnections.length - idle, idle, waiting: inner._connectionQueue.length };
+}
+
 /** Each pool's connected sockets, for `closePool` to destroy what a graceful end cannot close. */
 const openConnections = new WeakMap<Pool, Set<{ stream: Socket }>>();
 
@@ -227,12 +235,13 @@ function operationDeadline(): number {
 /**
  * Runs `work` in a transaction, retrying the whole transaction on deadlock or lock-wait timeout a
  * bounded number of times within one operation budget; then `unavailable`. A failure after COMMIT
- * was sent is never retried: the commit may have happened.
+ * was sent is never retried: the commit may have happened. `serializeOn` queues transactions on a
+ * named lock first; `isolation` lowers the isolation level for this transaction.
  */
 export async function inTransaction<T>(
   pool: Pool,
   work: (conn: PoolConnection) => Promise<T>,
-  { serializeOn }: { serializeOn?: string } = {},
+  { serializeOn, isolation }: { serializeOn?: string; isolation?: "READ COMMITTED" } = {},
 ): Promise<T> {
   const deadline = operationDeadline();
   for (let attempt = 1; ; attempt++) {
@@ -240,6 +249,8 @@ export async function inTransaction<T>(
       return await withConnection(pool, deadline, async (conn) => {
         if (serializeOn !== undefined) await takeNamedLock(conn, serializeOn, deadline);
         try {
+          // For the next transaction only; READ COMMITTED takes no gap locks on what it scans.
+          if (isolation !== undefined) await conn.query(`SET TRANSACTION ISOLATION LEVEL ${isolation}`);
           await conn.beginTransaction();
           try {
             const result = await work(conn);

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Histogram, type Registry } from "prom-client";
 
 export interface Metrics {
   registry: Registry;
@@ -6,9 +6,8 @@ export interface Metrics {
   startRpc(method: string, protocol: string): (code: string) => void;
 }
 
-export function createMetrics(): Metrics {
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+/** The RPC metrics, in the registry every part of the service shares (services.ts). */
+export function createMetrics(registry: Registry): Metrics {
   const rpcDuration = new Histogram({
     name: "sessions_rpc_duration_seconds",
     help: "Duration of SessionService RPCs by method, protocol and outcome code.",
