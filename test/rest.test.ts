@@ -180,10 +180,10 @@ describe("registerRest", () => {
     return call as (typeof calls)[number];
   };
 
-  function expectError(res: LightMyRequestResponse, status: number, code: string) {
+  function expectError(res: LightMyRequestResponse, status: number, code: string, field?: string) {
     expect(res.statusCode).toBe(status);
     expect(res.headers["content-type"]).toMatch(/^application\/json/);
-    expect(res.json()).toEqual({ error: { code, message: expect.any(String), status, request_id: "req_test" } });
+    expect(res.json()).toEqual({ error: { code, message: expect.any(String), status, request_id: "req_test", ...(field ? { field } : {}) } });
   }
 
   it("binds path parameters and unwraps response_body", async () => {
@@ -219,11 +219,11 @@ describe("registerRest", () => {
   });
 
   it.each([
-    ["limit=abc", "/v1/sessions?limit=abc"],
-    ["an unknown query parameter", "/v1/sessions?bogus=1"],
-    ["a bad enum", "/v1/sessions?status=sideways"],
-  ])("rejects %s with 400", async (_name, url) => {
-    expectError(await app.inject({ method: "GET", url }), 400, "invalid_request");
+    ["limit=abc", "/v1/sessions?limit=abc", "limit"],
+    ["an unknown query parameter", "/v1/sessions?bogus=1", "bogus"],
+    ["a bad enum", "/v1/sessions?status=sideways", "status"],
+  ])("rejects %s with 400 naming the parameter", async (_name, url, field) => {
+    expectError(await app.inject({ method: "GET", url }), 400, "invalid_request", field);
     expect(calls).toHaveLength(0);
   });
 
@@ -261,16 +261,16 @@ describe("registerRest", () => {
     expect(res.json()).toMatchObject({ session_id: "ses_1", token_type: "Bearer", expires_in: 900 });
   });
 
-  it.each<[string, { payload: string | object; headers?: Record<string, string>; url?: string }, number, string]>([
-    ["an unknown body field", { payload: { user_id: "u", nope: 1 } }, 400, "invalid_request"],
-    ["a wrongly typed body field", { payload: { mfa_verified: "yes" } }, 400, "invalid_request"],
+  it.each<[string, { payload: string | object; headers?: Record<string, string>; url?: string }, number, string, string?]>([
+    ["an unknown body field", { payload: { user_id: "u", nope: 1 } }, 400, "invalid_request", "nope"],
+    ["a wrongly typed body field", { payload: { mfa_verified: "yes" } }, 400, "invalid_request", "mfa_verified"],
     ["a non-object body", { payload: "[1]", headers: { "content-type": "application/json" } }, 400, "invalid_request"],
     ["malformed JSON", { payload: '{"user_id":', headers: { "content-type": "application/json" } }, 400, "invalid_request"],
     ["an oversized body", { payload: { user_id: "u".repeat(300) } }, 413, "payload_too_large"],
     ["a non-JSON content type", { payload: "user_id=u", headers: { "content-type": "text/plain" } }, 415, "unsupported_media_type"],
-    ["a query parameter on a body-* route", { payload: {}, url: "/v1/sessions?user_id=u" }, 400, "invalid_request"],
-  ])("rejects %s", async (_name, { url = "/v1/sessions", ...rest }, status, code) => {
-    expectError(await app.inject({ method: "POST", url, ...rest }), status, code);
+    ["a query parameter on a body-* route", { payload: {}, url: "/v1/sessions?user_id=u" }, 400, "invalid_request", "user_id"],
+  ])("rejects %s", async (_name, { url = "/v1/sessions", ...rest }, status, code, field) => {
+    expectError(await app.inject({ method: "POST", url, ...rest }), status, code, field);
     expect(calls).toHaveLength(0);
   });
 
@@ -300,7 +300,7 @@ describe("registerRest", () => {
 
   it("maps an AppError to its status", async () => {
     const res = await app.inject({ method: "GET", url: "/v1/sessions/missing" });
-    expectError(res, 404, "session_not_found");
+    expectError(res, 404, "session_not_found", "id");
     expect(logs).toHaveLength(0);
   });
 

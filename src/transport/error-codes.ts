@@ -33,6 +33,8 @@ export interface PublicError {
   code: ErrorCode;
   message: string;
   status: number;
+  /** The request field or parameter a validation error is about. */
+  field?: string;
 }
 
 const genericInternal = "internal error";
@@ -44,12 +46,14 @@ const genericInternal = "internal error";
  */
 export function toPublicError(err: unknown): PublicError & { cause?: unknown } {
   if (err instanceof AppError) {
-    return { code: err.code, message: err.message, status: errorTable[err.code].status };
+    return { code: err.code, message: err.message, status: errorTable[err.code].status, ...(err.field !== undefined ? { field: err.field } : {}) };
   }
   if (err instanceof ConnectError) {
-    const reason = err.findDetails(ErrorInfoSchema)[0]?.reason;
+    const info = err.findDetails(ErrorInfoSchema)[0];
+    const reason = info?.reason;
     if (reason !== undefined && isErrorCode(reason)) {
-      return { code: reason, message: err.rawMessage, status: errorTable[reason].status };
+      const field = info?.metadata.field;
+      return { code: reason, message: err.rawMessage, status: errorTable[reason].status, ...(field !== undefined ? { field } : {}) };
     }
     const code = codeFromConnect(err.code);
     const message = code === "internal" ? genericInternal : err.rawMessage;
@@ -62,7 +66,7 @@ export function toPublicError(err: unknown): PublicError & { cause?: unknown } {
 export function toConnectError(err: unknown): ConnectError {
   const pub = toPublicError(err);
   const metadata: Record<string, string> = {};
-  if (err instanceof AppError && err.field !== undefined) metadata.field = err.field;
+  if (pub.field !== undefined) metadata.field = pub.field;
   return new ConnectError(pub.message, errorTable[pub.code].code, undefined, [
     { desc: ErrorInfoSchema, value: { reason: pub.code, domain: errorDomain, metadata } },
   ]);

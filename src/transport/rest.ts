@@ -282,10 +282,10 @@ export function restErrorHandler(error: FastifyError, request: FastifyRequest, r
 
 /** The one place REST error bodies are built. Internal details only ever reach the log. */
 function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): FastifyReply {
-  const { cause, code, message, status } = toPublicError(err);
+  const { cause, code, message, status, field } = toPublicError(err);
   if (cause !== undefined) request.log.error({ err: cause }, "request failed");
   reply.header("x-request-id", request.id);
-  return sendJson(reply, status, { error: { code, message, status, request_id: request.id } });
+  return sendJson(reply, status, { error: { code, message, status, request_id: request.id, ...(field !== undefined ? { field } : {}) } });
 }
 
 const invalidQuery = Symbol("invalid query string");

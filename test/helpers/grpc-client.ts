@@ -37,3 +37,21 @@ export function callUnary<T>(
     );
   });
 }
+
+/** Like callUnary, and also resolves with the response headers (initial metadata) the server sent. */
+export function callUnaryWithHeaders<T>(
+  client: grpc.Client & Record<string, Function>,
+  method: string,
+  request: unknown,
+  metadata: Record<string, string>,
+): Promise<{ response: T; headers: grpc.Metadata }> {
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(metadata)) md.set(k, v);
+  return new Promise((resolve, reject) => {
+    let headers = new grpc.Metadata();
+    const call = client[method]!.call(client, request, md, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: T) =>
+      err ? reject(err) : resolve({ response: res, headers }),
+    ) as grpc.ClientUnaryCall;
+    call.on("metadata", (received: grpc.Metadata) => (headers = received));
+  });
+}
