@@ -1,0 +1,216 @@
+import { randomBytes } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { DeviceType, RevokeReason, SessionStatus } from "../../gen/sessions/v1/sessions_pb.js";
+import { decodeCursor, encodeCursor } from "../../src/domain/cursor.js";
+import { AppError, errorCodes } from "../../src/domain/errors.js";
+import type { Session } from "../../src/domain/model.js";
+import { refreshTokenPattern, successorOf } from "../../src/domain/refresh-tokens.js";
+import { characterCount, checkIdentifier, cleanFreeText } from "../../src/domain/text-rules.js";
+import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "../../src/transport/converters.js";
+import { errorTable, toConnectError, toPublicError } from "../../src/transport/error-codes.js";
+import { parseQueryString } from "../../src/transport/rest.js";
+import { loadConfig } from "../../src/config.js";
+
+/** Converters, codecs and the error table: pure functions, checked in milliseconds. */
+
+const key = randomBytes(32);
+
+describe("cursor", () => {
+  const after = { createdAt: new Date("2026-01-15T10:30:00Z"), id: "ses_01HABCDEF999888ABCDEFGHJKM" };
+  const binding = ["tnt_1", "=usr_1", "active"];
+
+  it("round-trips and is bound to the tenant and filters", () => {
+    const cursor = encodeCursor(key, binding, after);
+    expect(cursor).toMatch(/^cur_[\w-]+\.[\w-]+$/);
+    expect(decodeCursor(key, binding, cursor)).toEqual(after);
+    for (const other of [["tnt_2", "=usr_1", "active"], ["tnt_1", "*", "active"], ["tnt_1", "=usr_1", "revoked"]]) {
+      expect(() => decodeCursor(key, other, cursor)).toThrow(AppError);
+    }
+    expect(() => decodeCursor(randomBytes(32), binding, cursor)).toThrow(AppError);
+  });
+
+  it.each(["", "cur_", "cur_abc", "cur_a.b.c", "xyz_abc.def", `cur_${"a".repeat(300)}.b`])("refuses %j as invalid_cursor", (cursor) => {
+    expect(() => decodeCursor(key, binding, cursor)).toThrow(expect.objectContaining({ code: "invalid_cursor", field: "cursor" }));
+  });
+
+  it("refuses any single changed character", () => {
+    const cursor = encodeCursor(key, binding, after);
+    for (let i = 4; i < cursor.length; i++) {
+      const flipped = cursor.slice(0, i) + (cursor[i] === "A" ? "B" : "A") + cursor.slice(i + 1);
+      expect(() => decodeCursor(key, binding, flipped)).toThrow(AppError);
+    }
+  });
+});
+
+describe("refresh-token successors", () => {
+  it("are deterministic for one key and presented token, differ across keys and tokens, and have the token shape", () => {
+    const token = `rt_${randomBytes(32).toString("base64url")}`;
+    const next = successorOf(key, token);
+    expect(next).toMatch(refreshTokenPattern);
+    expect(successorOf(key, token)).toBe(next);
+    expect(successorOf(randomBytes(32), token)).not.toBe(next);
+    expect(successorOf(key, `${token.slice(0, -1)}A`)).not.toBe(next);
+    expect(successorOf(key, next)).not.toBe(next);
+  });
+});
+
+describe("text rules", () => {
+  it.each([
+    ["alice", "alice"],
+    ["Ümlaut-ok_123", "Ümlaut-ok_123"],
+    ["inner space ok", "inner space ok"],
+    ["😀".repeat(255), "😀".repeat(255)],
+  ])("accepts the identifier %j", (value, expected) => {
+    expect(checkIdentifier("user_id", value, 255)).toBe(expected);
+  });
+
+  it.each([
+    ["", "empty"],
+    [" a", "leading space"],
+    ["a ", "trailing space"],
+    ["a\u2003", "trailing em space"],
+    ["a\u0000b", "NUL"],
+    ["a\u007fb", "DEL"],
+    ["a\u0085b", "a C1 control"],
+    ["a\u200fb", "a right-to-left mark"],
+    ["a\u2067b", "a right-to-left isolate"],
+    ["a\udc00", "a lone surrogate"],
+    ["x".repeat(256), "256 characters"],
+  ])("refuses the identifier %j (%s), naming the field", (value) => {
+    expect(() => checkIdentifier("user_id", value, 255)).toThrow(expect.objectContaining({ code: "invalid_request", field: "user_id" }));
+  });
+
+  it("cuts free text to its length in characters, never splitting a character, and refuses control characters", () => {
+    expect(cleanFreeText("user_agent", "😀".repeat(1030), 1024)).toBe("😀".repeat(1024));
+    expect(characterCount("😀é")).toBe(2);
+    expect(() => cleanFreeText("user_agent", "Mozilla\r\nX-Injected: 1", 1024)).toThrow(expect.objectContaining({ field: "user_agent" }));
+    expect(cleanFreeText("user_agent", ' evil "quoted" \u2028 ', 1024)).toBe(' evil "quoted" \u2028 ');
+  });
+});
+
+describe("query strings", () => {
+  it.each<[string, Record<string, string | string[]> | "invalid"]>([
+    ["", {}],
+    ["user_id=alice", { user_id: "alice" }],
+    ["user_id=al%20ice&limit=5", { user_id: "al ice", limit: "5" }],
+    ["user_id=a+b", { user_id: "a b" }],
+    ["user_id=", { user_id: "" }],
+    ["user_id", { user_id: "" }],
+    ["a=1&a=2&a=3", { a: ["1", "2", "3"] }],
+    ["q=%F0%9F%98%80", { q: "😀" }],
+    ["__proto__=x", { ["__proto__"]: "x" }],
+    ["q=%FF", "invalid"],
+    ["q=%E0%A4", "invalid"],
+    ["q=%zz", "invalid"],
+    ["q=%", "invalid"],
+    ["q=\u00e9", "invalid"],
+    ["q=a b", "invalid"],
+  ])("%j", (query, expected) => {
+    const parsed = parseQueryString(query);
+    const isInvalid = Object.getOwnPropertySymbols(parsed).length > 0;
+    if (expected === "invalid") expect(isInvalid).toBe(true);
+    else {
+      expect(isInvalid).toBe(false);
+      expect({ ...parsed }).toEqual({ ...expected });
+    }
+  });
+});
+
+describe("converters", () => {
+  const session: Session = {
+    tenantId: "tnt_1",
+    id: "ses_1",
+    userId: "usr_1",
+    userAgent: "ua",
+    ipAddress: "203.0.113.42",
+    country: "US",
+    deviceType: "tablet",
+    role: "member",
+    orgId: null,
+    isMfaVerified: true,
+    createdAt: new Date("2026-01-01T00:00:00Z"),
+    lastActiveAt: new Date("2026-01-02T00:00:00Z"),
+    expiresAt: new Date("2026-02-01T00:00:00Z"),
+    idleExpiresAt: null,
+    recordedEnd: null,
+  };
+
+  it("an active session has no end", () => {
+    const proto = toProtoSession(session, new Date("2026-01-15T00:00:00Z"));
+    expect(proto).toMatchObject({ status: SessionStatus.ACTIVE, deviceType: DeviceType.TABLET, revokeReason: RevokeReason.UNSPECIFIED, mfaVerified: true });
+    expect(proto.revokedAt).toBeUndefined();
+    expect(proto.orgId).toBeUndefined();
+  });
+
+  it("an expired session ends at its expiry; a revoked one at its revoke, with who did it", () => {
+    expect(toProtoSession(session, new Date("2026-03-01T00:00:00Z"))).toMatchObject({ status: SessionStatus.EXPIRED, revokeReason: RevokeReason.EXPIRED, revokedAt: { seconds: BigInt(Date.parse("2026-02-01T00:00:00Z") / 1000) } });
+    const revoked = { ...session, recordedEnd: { at: new Date("2026-01-05T00:00:00Z"), reason: "revoked_all" as const, by: "key_1" } };
+    expect(toProtoSession(revoked, new Date("2026-01-15T00:00:00Z"))).toMatchObject({ status: SessionStatus.REVOKED, revokeReason: RevokeReason.REVOKED_ALL, revokedBy: "key_1" });
+  });
+
+  it("unspecified and unknown enum numbers read as undefined (the domain's default applies)", () => {
+    expect(fromProtoStatus(SessionStatus.UNSPECIFIED)).toBeUndefined();
+    expect(fromProtoStatus(99 as SessionStatus)).toBeUndefined();
+    expect(fromProtoStatus(SessionStatus.REVOKED)).toBe("revoked");
+    expect(fromProtoDeviceType(DeviceType.BOT)).toBe("bot");
+    expect(fromProtoDeviceType(DeviceType.UNSPECIFIED)).toBeUndefined();
+  });
+});
+
+describe("error mapping", () => {
+  it("gives every code a Connect code and an HTTP status", () => {
+    for (const code of errorCodes) expect(errorTable[code].status).toBeGreaterThanOrEqual(400);
+  });
+
+  it("keeps an AppError's code, message and field on REST and RPC", () => {
+    const err = new AppError("invalid_request", "user_id must not be empty", "user_id");
+    expect(toPublicError(err)).toEqual({ code: "invalid_request", message: "user_id must not be empty", status: 400, field: "user_id" });
+    const connect = toConnectError(err);
+    expect(connect.code).toBe(Code.InvalidArgument);
+    expect(connect.findDetails(ErrorInfoSchema)[0]).toMatchObject({ reason: "invalid_request", domain: "sessions.v1", metadata: { field: "user_id" } });
+    // And back: a ConnectError carrying our reason maps to the same public error.
+    expect(toPublicError(connect)).toEqual({ code: "invalid_request", message: "user_id must not be empty", status: 400, field: "user_id" });
+  });
+
+  it("hides anything unknown behind a generic internal error, keeping the cause for the log", () => {
+    const cause = new Error("SELECT secret FROM sessions");
+    expect(toPublicError(cause)).toEqual({ code: "internal", message: "internal error", status: 500, cause });
+    expect(toConnectError(cause).message).toBe("[internal] internal error");
+    const framework = new ConnectError("boom inside", Code.Internal);
+    expect(toPublicError(framework)).toMatchObject({ code: "internal", message: "internal error" });
+  });
+
+  it.each<[Code, string]>([
+    [Code.InvalidArgument, "invalid_request"],
+    [Code.Unauthenticated, "invalid_api_key"],
+    [Code.NotFound, "not_found"],
+    [Code.Unavailable, "unavailable"],
+  ])("maps a framework ConnectError %s to %s", (code, ours) => {
+    expect(toPublicError(new ConnectError("x", code)).code).toBe(ours);
+  });
+});
+
+describe("config", () => {
+  const env = (over: Record<string, string>) => loadConfig({ NODE_ENV: "test", ...over });
+
+  it.each<[string, unknown]>([
+    ["", false],
+    ["false", false],
+    ["2", 2],
+    ["10.0.0.0/8, 192.168.1.1 ,::1", ["10.0.0.0/8", "192.168.1.1", "::1"]],
+    ["loopback,uniquelocal", ["loopback", "uniquelocal"]],
+    ["fd00::/8", ["fd00::/8"]],
+  ])("TRUST_PROXY=%j", (value, expected) => {
+    expect(env({ TRUST_PROXY: value }).trustProxy).toEqual(expected);
+  });
+
+  it.each(["yes", "10.0.0.0/33", "example.com", "1.2.3.4/8/9", "::1/129"])("refuses TRUST_PROXY=%j naming the variable", (value) => {
+    expect(() => env({ TRUST_PROXY: value })).toThrow(/TRUST_PROXY/);
+  });
+
+  it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
+    expect(env({}).rateLimits).toEqual({ readPerMinute: 0, writePerMinute: 0, refreshPerMinute: 0, ipPerMinute: 6_000, authFailuresPerMinute: 100 });
+  });
+});
