@@ -1,14 +1,13 @@
 import { createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
-import type { DestinationStream } from "pino";
 import type { Config } from "./config.js";
+import { pathOf } from "./logger.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
 import { createOnePort } from "./server/one-port.js";
 import type { Services } from "./services.js";
-import { isReachable } from "./store/db.js";
 import { guardService } from "./transport/guard.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
@@ -26,15 +25,11 @@ const timeouts = {
 } as const;
 const readinessProbeTimeoutMs = 1_000;
 
-/** What logs say of a URL: the path only, since a query string may carry anything a client put there. */
-const pathOf = (url: string) => url.split("?")[0];
 
 /** Trusts the `hops` proxies nearest the service, as fastify does for a number (its types only take a function). */
 const trustHops = (hops: number) => (_address: string, hop: number) => hop < hops;
 
 export interface AppOptions {
-  /** Where logs go (tests read them); stdout by default. */
-  logStream?: DestinationStream;
   /** True while a shutdown drains: readiness and gRPC health then report not serving. */
   isDraining?: () => boolean;
 }
@@ -44,8 +39,13 @@ export interface AppOptions {
  * gRPC-Web for SessionService (plus health and reflection), the REST paths transcoded from the
  * proto's google.api.http options, and the operational endpoints.
  */
-export function buildApp(config: Config, services: Services, { logStream, isDraining }: AppOptions = {}): FastifyInstance {
-  const onePort = createOnePort({ ...timeouts, maxConcurrentStreams: 100 });
+export function buildApp(config: Config, services: Services, { isDraining }: AppOptions = {}): FastifyInstance {
+  const onePort = createOnePort({
+    ...timeouts,
+    maxConcurrentStreams: 100,
+    maxConnections: config.maxConnections,
+    maxPendingRequests: config.maxPendingRequests,
+  });
   const app = Fastify({
     serverFactory: onePort.serverFactory,
     bodyLimit: config.bodyLimitBytes,
@@ -56,21 +56,7 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
     ...restServerOptions,
     // One line per request, written in onResponse below, instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
-    logger: {
-      level: config.logLevel,
-      ...(logStream ? { stream: logStream } : {}),
-      // Bodies, headers and query strings are never logged.
-      serializers: {
-        req: (req) => ({ method: req.method, path: pathOf(req.url), remoteAddress: req.ip }),
-        err: (err: Error & { code?: string; errno?: number }) => ({
-          type: err.name,
-          message: err.message,
-          code: err.code,
-          errno: err.errno,
-          stack: err.stack ?? "",
-        }),
-      },
-    },
+    loggerInstance: services.log as FastifyBaseLogger,
   });
   const metrics = createMetrics(services.metricsRegistry);
   let isShuttingDown = false;
@@ -100,7 +86,11 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
   );
   // Both transports hand the guard the client's address for per-IP limits.
   const contextValues = (req: FastifyRequest) => createContextValues().set(clientIpKey, req.ip);
-  const isServing = async () => !isShuttingDown && !isDraining?.() && (await isReachable(services.pool, readinessProbeTimeoutMs));
+  const readiness = async () =>
+    isShuttingDown || isDraining?.()
+      ? { isReady: false, problems: ["shutting down"] }
+      : await services.readiness(readinessProbeTimeoutMs);
+  const isServing = async () => (await readiness()).isReady;
 
   app.register(fastifyConnectPlugin, {
     routes(router) {
@@ -125,8 +115,8 @@ export function buildApp(config: Config, services: Services, { logStream, isDrai
 
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {
-    const isReady = await isServing();
-    return reply.code(isReady ? 200 : 503).send({ status: isReady ? "ready" : "unavailable" });
+    const { isReady, problems } = await readiness();
+    return reply.code(isReady ? 200 : 503).send({ status: isReady ? "ready" : "unavailable", ...(isReady ? {} : { problems }) });
   });
   app.get("/metrics", async (_req, reply) => {
     reply.type(metrics.registry.contentType);

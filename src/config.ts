@@ -63,6 +63,11 @@ const schema = z
     ISSUER: z.url().default("http://localhost:8080"),
     LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     BODY_LIMIT_BYTES: int(1024, 10 * 1024 * 1024, 64 * 1024),
+    // Requests (HTTP/1 and HTTP/2 streams) whose body has not fully arrived; past it the oldest is
+    // dropped. Each costs memory before its handler can run; 1,000 is far above what real clients
+    // leave pending at once and bounds that memory to tens of MB.
+    MAX_PENDING_REQUESTS: int(1, 1_000_000, 1_000),
+    MAX_CONNECTIONS: int(1, 1_000_000, 4_096),
     API_KEY_CACHE_SECONDS: int(0, 300, 5),
     SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
     SHUTDOWN_DRAIN_DELAY_MS: int(0, 120_000, 0),
@@ -101,6 +106,8 @@ const schema = z
       issuer: env.ISSUER,
       logLevel: env.LOG_LEVEL,
       bodyLimitBytes: env.BODY_LIMIT_BYTES,
+      maxPendingRequests: env.MAX_PENDING_REQUESTS,
+      maxConnections: env.MAX_CONNECTIONS,
       apiKeyCacheSeconds: env.API_KEY_CACHE_SECONDS,
       shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
       shutdownDrainDelayMs: env.SHUTDOWN_DRAIN_DELAY_MS,

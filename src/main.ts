@@ -35,7 +35,7 @@ async function main(): Promise<void> {
     await app.close();
   });
   await app.listen({ port: config.port, host: config.host });
-  services.startWorkers((err, msg) => app.log.error({ err }, msg));
+  services.startWorkers();
 }
 
 /** The driver's own words behind an `unavailable`, for the operator. */

@@ -1,5 +1,6 @@
 import { hkdfSync } from "node:crypto";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import type { DestinationStream, Logger } from "pino";
+import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Config } from "./config.js";
 import { createAuthenticator, type Authenticator } from "./domain/api-keys.js";
@@ -9,7 +10,8 @@ import { createSessionService, type SessionService } from "./domain/session-serv
 import { AppError } from "./domain/errors.js";
 import type { TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
-import { closePool, openDatabase, type Pool } from "./store/db.js";
+import { createLogger } from "./logger.js";
+import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
 import { createLeaseStore } from "./store/lease-store.js";
 import { createRetentionStore } from "./store/retention-store.js";
 import { migrate } from "./store/migrate.js";
@@ -30,13 +32,22 @@ export interface Services {
   authenticator: Authenticator;
   tenantStore: TenantStore;
   retentionSweep: RetentionSweep;
-  /** Starts the background workers (the retention sweep); `log` hears of their failures. */
-  startWorkers(log: (err: unknown, msg: string) => void): void;
+  log: Logger;
+  /**
+   * Whether this instance can serve: the database answers and takes writes, and the signing keys
+   * are fresh (a key ring that cannot reload would miss emergency revocations). `timeoutMs` bounds
+   * the database probe.
+   */
+  readiness(timeoutMs: number): Promise<{ isReady: boolean; problems: string[] }>;
+  /** Starts the background workers (the retention sweep). */
+  startWorkers(): void;
   close(): Promise<void>;
 }
 
 export interface OpenOptions {
   clock?: Clock;
+  /** Where logs go (tests read them); stdout by default. */
+  logStream?: DestinationStream;
   /**
    * How long to keep trying while the database is unreachable (it may start after us: a fresh
    * deployment, a restart of both). 0, the default, tries once. Only `unavailable` is retried:
@@ -60,7 +71,7 @@ export async function openServices(config: Config, options: OpenOptions = {}): P
   const giveUpAt = Date.now() + startupTimeoutMs;
   for (let delayMs = firstRetryDelayMs; ; delayMs = Math.min(delayMs * 2, maxRetryDelayMs)) {
     try {
-      return await openOnce(config, options.clock ?? systemClock);
+      return await openOnce(config, options.clock ?? systemClock, createLogger(config.logLevel, options.logStream));
     } catch (err) {
       const isUnavailable = err instanceof AppError && err.code === "unavailable";
       const wait = Math.min(delayMs, giveUpAt - Date.now());
@@ -71,7 +82,7 @@ export async function openServices(config: Config, options: OpenOptions = {}): P
   }
 }
 
-async function openOnce(config: Config, clock: Clock): Promise<Services> {
+async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Services> {
   const pool = await openDatabase({ url: config.databaseUrl, poolSize: config.databasePoolSize });
   try {
     await migrate(pool);
@@ -80,12 +91,13 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
       keyEncryptionKey: config.keyEncryptionKey,
       clock,
       issuer: config.issuer,
+      onInvalidKey: (kid, reason) => log.error({ kid, reason }, "a stored signing key is invalid and is not used"),
     });
     await keyRing.start();
     const tenantStore = createTenantStore(pool);
     const metricsRegistry = new Registry();
     collectDefaultMetrics({ register: metricsRegistry });
-    let logWorkerError: (err: unknown, msg: string) => void = () => undefined;
+    registerKeyRingMetrics(metricsRegistry, keyRing);
     const retentionSweep = createRetentionSweep({
       store: createRetentionStore(pool),
       leases: createLeaseStore(pool),
@@ -93,7 +105,7 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
       retentionDays: config.retentionDays,
       intervalMs: config.retentionSweepIntervalMs,
       registry: metricsRegistry,
-      onError: (err) => logWorkerError(err, "retention sweep failed"),
+      onError: (err) => log.error({ err }, "retention sweep failed"),
     });
     // Cursor MACs and refresh-token successors get their own keys, derived so that one secret (the
     // KEK) is all an operator manages.
@@ -115,8 +127,15 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
       authenticator: createAuthenticator(tenantStore, clock, config.apiKeyCacheSeconds),
       tenantStore,
       retentionSweep,
-      startWorkers(log) {
-        logWorkerError = log;
+      log,
+      async readiness(timeoutMs) {
+        const problems: string[] = [];
+        const database = await probeDatabase(pool, timeoutMs);
+        if (database !== "writable") problems.push(database === "read_only" ? "database is read-only" : "database unreachable");
+        if (!keyRing.isFresh()) problems.push("signing keys could not be reloaded");
+        return { isReady: problems.length === 0, problems };
+      },
+      startWorkers() {
         retentionSweep.start();
       },
       async close() {
@@ -129,4 +148,21 @@ async function openOnce(config: Config, clock: Clock): Promise<Services> {
     await closePool(pool);
     throw err;
   }
+}
+
+/** Gauges read from the key ring's own status when scraped. */
+function registerKeyRingMetrics(registry: Registry, keyRing: KeyRing): void {
+  const gauge = (name: string, help: string, read: (s: ReturnType<KeyRing["status"]>) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(read(keyRing.status()));
+      },
+    });
+  gauge("sessions_signing_keys_published", "Signing keys this instance publishes in JWKS.", (s) => s.published);
+  gauge("sessions_signing_keys_invalid", "Stored signing keys refused at the last reload (bad length, small order, wrong KEK, mismatched halves).", (s) => s.invalidKeys.length);
+  gauge("sessions_signing_keys_reload_failures", "Background reloads of the signing-key table that failed since start.", (s) => s.reloadFailures);
+  gauge("sessions_signing_keys_last_reload_timestamp_seconds", "When the signing-key table was last read successfully (Unix seconds).", (s) => s.lastReloadAt / 1000);
 }

@@ -449,8 +449,13 @@ describe("undecodable header or payload (signed by our key)", () => {
 });
 
 describe("claims (correctly signed by our key)", () => {
-  it.each(["exp", "iat", "nbf", "iss", "sub", "sid", "jti", "tenant_id", "role", "mfa_verified"])("missing %s", async (claim) => {
+  it.each(["exp", "iat", "nbf", "iss", "sub", "aud", "sid", "jti", "tenant_id", "role", "mfa_verified"])("missing %s", async (claim) => {
     await expectRejected(forge(headerOf(), claimsOf({}, [claim])));
+  });
+
+  it("aud as a list, even one holding only our tenant, is invalid_token (not tenant_mismatch)", async () => {
+    await expectRejected(forge(headerOf(), claimsOf({ aud: [server.tenant.id] })));
+    await expectRejected(forge(headerOf(), claimsOf({ aud: 42 })));
   });
 
   const raw = (over: Json, replace: [string, string]) => JSON.stringify(claimsOf(over)).replace(replace[0], replace[1]);

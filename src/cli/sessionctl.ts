@@ -5,7 +5,7 @@ import { systemClock } from "../domain/clock.js";
 import type { SessionPolicy, Tenant } from "../domain/model.js";
 import { defaultPolicy, validatePolicy } from "../domain/policy.js";
 import { purge, retentionCutoff } from "../domain/retention.js";
-import { isPublished, pickSigningKey, revokeSigningKey, rotateSigningKey } from "../domain/signing-keys.js";
+import { checkSigningKey, isPublished, pickSigningKey, revokeSigningKey, rotateSigningKey } from "../domain/signing-keys.js";
 import { idPatterns, newId } from "../domain/secrets.js";
 import { openDatabase, type Pool } from "../store/db.js";
 import { migrate } from "../store/migrate.js";
@@ -187,20 +187,26 @@ signingKeys
   .command("list")
   .addOption(json)
   .action(async (opts: { json?: boolean }) => {
-    await withDatabase(async (pool) => {
+    await withDatabase(async (pool, config) => {
       const now = systemClock.now();
       const keys = await createSigningKeyStore(pool).listSigningKeys();
-      const signer = pickSigningKey(keys, now);
+      const problems = new Map(keys.map((k) => [k.id, checkSigningKey(config.keyEncryptionKey, k)?.reason ?? null]));
+      const signer = pickSigningKey(keys.filter((k) => problems.get(k.id) === null), now);
       const data = keys.map((k) => ({
         kid: k.id,
         created_at: k.createdAt.toISOString(),
         signs_from: k.signsFrom.toISOString(),
         retired_at: k.retiredAt?.toISOString() ?? null,
         revoked_at: k.revokedAt?.toISOString() ?? null,
-        is_published: isPublished(k, now),
+        is_published: problems.get(k.id) === null && isPublished(k, now),
         is_signing: k.id === signer?.id,
+        problem: problems.get(k.id) ?? null,
       }));
-      print(opts.json === true, { data }, data.map((k) => `${k.kid}  signs from ${k.signs_from}  ${k.is_signing ? "SIGNING" : k.is_published ? "published" : "withdrawn"}${k.revoked_at ? "  revoked" : ""}`));
+      print(
+        opts.json === true,
+        { data },
+        data.map((k) => `${k.kid}  signs from ${k.signs_from}  ${k.is_signing ? "SIGNING" : k.is_published ? "published" : "withdrawn"}${k.revoked_at ? "  revoked" : ""}${k.problem ? `  INVALID: ${k.problem}` : ""}`),
+      );
     });
   });
 signingKeys

@@ -20,8 +20,11 @@ export function decodeCursor(key: Buffer, binding: string[], cursor: string): Pa
   if (!cursor.startsWith(prefix) || cursor.length > 200) throw invalid();
   const [payload, mac, ...rest] = cursor.slice(prefix.length).split(".");
   if (payload === undefined || mac === undefined || rest.length > 0) throw invalid();
-  const expected = hmac(key, payload, ...binding).subarray(0, macBytes);
-  if (!equalBytes(Buffer.from(mac, "base64url"), expected)) throw invalid();
+  // Compared as text, so each cursor has one spelling: base64url decoding ignores the spare bits of
+  // a last character, and a decoded comparison would accept its siblings. (The MAC covers the
+  // payload's text, so the payload has one spelling too.)
+  const expected = Buffer.from(hmac(key, payload, ...binding).subarray(0, macBytes).toString("base64url"));
+  if (!equalBytes(Buffer.from(mac), expected)) throw invalid();
   const parsed: unknown = JSON.parse(Buffer.from(payload, "base64url").toString("utf8"));
   if (!Array.isArray(parsed) || typeof parsed[0] !== "number" || typeof parsed[1] !== "string") throw invalid();
   return { createdAt: new Date(parsed[0]), id: parsed[1] };

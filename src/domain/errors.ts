@@ -20,6 +20,8 @@ export const errorCodes = [
   "unsupported_media_type",
   "headers_too_large",
   "rate_limit_exceeded",
+  "deadline_exceeded",
+  "cancelled",
   "unavailable",
   "internal",
 ] as const;

@@ -1,6 +1,8 @@
 import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { errors as joseErrors, jwtVerify, SignJWT, type JWK, type JWTPayload, type ProtectedHeaderParameters } from "jose";
+import { throwIfCancelled } from "./call-context.js";
 import type { Clock } from "./clock.js";
+import { checkEd25519PublicKey } from "./ed25519-point.js";
 import type { SigningKeyRecord } from "./model.js";
 import type { SigningKeyStore } from "./ports.js";
 import { newId } from "./secrets.js";
@@ -45,6 +47,13 @@ export interface KeyRingOptions {
   keyEncryptionKey: Buffer;
   clock: Clock;
   issuer: string;
+  /** Told once about each stored key that fails checkSigningKey (it is skipped). */
+  onInvalidKey?: (id: string, reason: string) => void;
+}
+
+/** KEY_ENCRYPTION_KEY cannot be the one the stored keys were encrypted with: start-up stops. */
+export class KeyEncryptionKeyError extends Error {
+  override readonly name = "KeyEncryptionKeyError";
 }
 
 export type AccessTokenClaims = JWTPayload & {
@@ -91,6 +100,38 @@ export function newSigningKey(kek: Buffer, now: Date, signsFrom: Date): SigningK
   };
 }
 
+/**
+ * Whether a stored key may be trusted: its public half is a 32-byte Ed25519 point of large order,
+ * and its private half decrypts with the KEK and belongs to that public half. A row that fails
+ * (corrupted, planted, or encrypted under another KEK) is never published, never used to verify or
+ * sign. Returns why not, or undefined when the key is sound.
+ */
+export function checkSigningKey(kek: Buffer, record: SigningKeyRecord): { reason: string } | undefined {
+  const x = Buffer.from(record.publicX, "base64url");
+  if (x.toString("base64url") !== record.publicX) return { reason: "the public key is not canonical base64url" };
+  const point = checkEd25519PublicKey(x);
+  if (!point.ok) return { reason: point.reason };
+  let privateKey: KeyObject;
+  try {
+    privateKey = decryptPrivateKey(kek, record.id, record.privateKeyEncrypted);
+  } catch {
+    return { reason: "the private key does not decrypt with KEY_ENCRYPTION_KEY" };
+  }
+  if (privateKey.asymmetricKeyType !== "ed25519" || createPublicKey(privateKey).export({ format: "jwk" }).x !== record.publicX) {
+    return { reason: "the private key does not belong to the public key" };
+  }
+  return undefined;
+}
+
+function decrypts(kek: Buffer, record: SigningKeyRecord): boolean {
+  try {
+    decryptPrivateKey(kek, record.id, record.privateKeyEncrypted);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Keys in JWKS: not revoked, and either still signing or retired recently enough for tokens to live. */
 export function isPublished(k: SigningKeyRecord, now: Date): boolean {
   if (k.revokedAt !== null) return false;
@@ -111,7 +152,8 @@ export function pickSigningKey(keys: SigningKeyRecord[], now: Date): SigningKeyR
  */
 export async function rotateSigningKey(store: SigningKeyStore, kek: Buffer, now: Date): Promise<{ key: SigningKeyRecord; isNew: boolean }> {
   return store.withSigningKeyLock(async () => {
-    const keys = await store.listSigningKeys();
+    // Rows that fail checkSigningKey are never published: they count for nothing here either.
+    const keys = (await store.listSigningKeys()).filter((k) => checkSigningKey(kek, k) === undefined);
     const pending = keys.find((k) => k.revokedAt === null && k.signsFrom > now);
     if (pending !== undefined) return { key: pending, isNew: false };
     // With no key signing yet there is nothing to hand over from: the new key signs at once.
@@ -142,39 +184,74 @@ export async function revokeSigningKey(store: SigningKeyStore, kek: Buffer, id: 
  * instances doing it together make one key. Without lead time: verifiers refetch JWKS on its unknown kid.
  */
 async function insertKeyIfNoneSigns(store: SigningKeyStore, kek: Buffer, now: Date): Promise<void> {
-  if (pickSigningKey(await store.listSigningKeys(), now) === undefined) {
+  const sound = (await store.listSigningKeys()).filter((k) => checkSigningKey(kek, k) === undefined);
+  if (pickSigningKey(sound, now) === undefined) {
     await store.insertSigningKey(newSigningKey(kek, now, now));
   }
 }
 
+/** What the key ring knows of its own health, for readiness and metrics. */
+export interface KeyRingStatus {
+  /** When the key table was last read successfully (epoch ms); 0 before the first read. */
+  lastReloadAt: number;
+  /** Failed background reloads since start. */
+  reloadFailures: number;
+  /** Ids of stored keys refused by checkSigningKey at the last reload, with why. */
+  invalidKeys: { id: string; reason: string }[];
+  published: number;
+}
+
+/** A reload older than this many intervals means the ring has lost touch with the key table. */
+const staleAfterIntervals = 3;
+
 export interface KeyRing {
-  /** Loads keys, creating the first one if the database has none; then reloads in the background. */
+  /**
+   * Loads keys, creating the first one if the database has none; then reloads in the background.
+   * Fails when stored keys exist and none of them decrypts: KEY_ENCRYPTION_KEY is not theirs.
+   */
   start(): Promise<void>;
   stop(): void;
   reload(): Promise<void>;
+  status(): KeyRingStatus;
+  /** False once reloads have failed for longer than a few intervals: revocations may be missed. */
+  isFresh(): boolean;
   jwks(): { keys: JWK[] };
   sign(claims: AccessTokenClaims, issuedAt: Date, expiresAt: Date): Promise<string>;
   verify(token: string): Promise<TokenCheck>;
 }
 
-export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRingOptions): KeyRing {
+export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvalidKey }: KeyRingOptions): KeyRing {
   let published = new Map<string, LoadedKey>();
   const privateKeys = new Map<string, KeyObject>();
+  // Key material never changes once written: each row is checked once, by its content.
+  const checked = new Map<string, ReturnType<typeof checkSigningKey>>();
   let timer: NodeJS.Timeout | undefined;
   let lastUnknownKidReload = 0;
+  const health: KeyRingStatus = { lastReloadAt: 0, reloadFailures: 0, invalidKeys: [], published: 0 };
 
+  /** Reads the key table; a bad row is skipped and reported, the good ones load all the same. */
   async function reload(): Promise<void> {
     const now = clock.now();
     const records = await store.listSigningKeys();
     const next = new Map<string, LoadedKey>();
+    const invalid: KeyRingStatus["invalidKeys"] = [];
     for (const record of records.filter((k) => isPublished(k, now))) {
+      const content = `${record.id}\0${record.publicX}\0${record.privateKeyEncrypted.toString("base64")}`;
+      if (!checked.has(content)) checked.set(content, checkSigningKey(keyEncryptionKey, record));
+      const problem = checked.get(content);
+      if (problem !== undefined) {
+        invalid.push({ id: record.id, reason: problem.reason });
+        continue;
+      }
       const known = published.get(record.id);
       next.set(record.id, {
         record,
         publicKey: known?.publicKey ?? createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: record.publicX }, format: "jwk" }),
       });
     }
+    for (const bad of invalid) if (!health.invalidKeys.some((k) => k.id === bad.id)) onInvalidKey?.(bad.id, bad.reason);
     published = next;
+    Object.assign(health, { lastReloadAt: Date.now(), invalidKeys: invalid, published: next.size });
   }
 
   /** Picked at each signing from the keys this instance publishes, so it never signs with another. */
@@ -205,19 +282,33 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
 
   return {
     async start() {
+      const records = await store.listSigningKeys();
+      if (records.length > 0 && !records.some((r) => decrypts(keyEncryptionKey, r))) {
+        throw new KeyEncryptionKeyError(
+          "KEY_ENCRYPTION_KEY does not decrypt any signing key stored in the database: it is not the key they were encrypted with (or every stored key is damaged)",
+        );
+      }
       await reload();
       if (currentSigner() === undefined) {
         // The very first key may sign at once: no verifier can have cached a JWKS without it.
         await store.withSigningKeyLock(() => insertKeyIfNoneSigns(store, keyEncryptionKey, clock.now()));
         await reload();
       }
-      timer = setInterval(() => void reload().catch(() => undefined), reloadIntervalMs);
+      timer = setInterval(
+        () =>
+          void reload().catch(() => {
+            health.reloadFailures++;
+          }),
+        reloadIntervalMs,
+      );
       timer.unref();
     },
     stop() {
       clearInterval(timer);
     },
     reload,
+    status: () => ({ ...health, invalidKeys: [...health.invalidKeys] }),
+    isFresh: () => Date.now() - health.lastReloadAt <= staleAfterIntervals * reloadIntervalMs,
     jwks() {
       return {
         keys: [...published.values()].map(({ record }) => ({
@@ -246,6 +337,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
       const invalid = { ok: false, code: "invalid_token", message: "the access token is invalid" } as const;
       // Shape, canonical encoding and the exact header first: nothing else reaches jose.
       if (!checkTokenFormat(token).ok) return invalid;
+      throwIfCancelled();
       const now = clock.now();
       try {
         const { payload, protectedHeader } = await jwtVerify<AccessTokenClaims>(token, getKey, {
@@ -254,7 +346,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer }: KeyRin
           issuer,
           currentDate: now,
           clockTolerance: clockToleranceSeconds,
-          requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "sid", "tenant_id", "role", "mfa_verified"],
+          requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "aud", "sid", "tenant_id", "role", "mfa_verified"],
         });
         if (checkClaimSanity(payload, now, clockToleranceSeconds, maxAccessTokenTtlSeconds) !== undefined) return invalid;
         return { ok: true, claims: payload, header: protectedHeader };

@@ -7,9 +7,10 @@
  *   `x5u`, `x5c`, `crit`, `b64`, …; no whitespace, escapes or duplicate keys) and a 64-byte signature.
  *   Only the header is decoded; the payload and signature are checked as text, so jose is the one
  *   that decodes them (a segment is decoded once on the hot path, the short header twice).
- * - `checkClaimSanity` runs on the claims jose verified. It rejects time claims that are not
- *   non-negative safe integers, an `iat` in the future beyond the clock tolerance, and an `exp` later
- *   than `iat` + the longest access-token TTL + tolerance, or not after `iat`.
+ * - `checkClaimSanity` runs on the claims jose verified. It rejects an `aud` that is not a single
+ *   string (our tokens name one tenant), time claims that are not non-negative safe integers, an
+ *   `iat` in the future beyond the clock tolerance, and an `exp` later than `iat` + the longest
+ *   access-token TTL + tolerance, or not after `iat`.
  *
  * Why canonical base64url matters: jose decodes with `atob` on Node 20, which ignores whitespace and
  * `=` padding and discards the unused low bits of the last character. Those bytes are not part of the
@@ -91,6 +92,7 @@ export function checkClaimSanity(
   maxTtlSeconds: number,
 ): string | undefined {
   if (!isPlainObject(claims)) return "the claims are not a JSON object";
+  if (typeof claims.aud !== "string") return "aud must be one tenant id";
   const { exp, iat, nbf } = claims;
   if (!isTimestamp(exp) || !isTimestamp(iat) || !isTimestamp(nbf)) return "exp, iat and nbf must be non-negative integers";
   const nowSeconds = Math.floor(now.getTime() / 1000);

@@ -18,6 +18,16 @@ export interface OnePortOptions {
   idleTimeoutMs?: number;
   /** Streams one HTTP/2 client may have open at once. Default 100. */
   maxConcurrentStreams?: number;
+  /** Connections open at once, all protocols; past it new connections are closed at once. Default 4,096. */
+  maxConnections?: number;
+  /**
+   * Requests whose body has not fully arrived, in this process, HTTP/1 requests and HTTP/2 streams
+   * alike. Past it the oldest such request is dropped (its stream reset, or its HTTP/1 connection
+   * closed): a client that opens streams and never finishes them evicts its own, while requests
+   * that send their body at once (every real client) finish long before they could be evicted.
+   * Default 1,000.
+   */
+  maxPendingRequests?: number;
 }
 
 export interface OnePort {
@@ -45,11 +55,28 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     keepAliveTimeoutMs = 72_000,
     idleTimeoutMs = 72_000,
     maxConcurrentStreams = 100,
+    maxConnections = 4_096,
+    maxPendingRequests = 1_000,
   } = opts;
   const undecided = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
   const h1Servers = new Set<http.Server>();
   let closing = false;
+  // Requests still receiving their body, oldest first (a Set keeps insertion order); each entry drops its request.
+  const pending = new Set<() => void>();
+  /** Tracks a request until its body has arrived or its response closed; evicts the oldest past the bound. */
+  const track = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse, drop: () => void) => {
+    if (req.complete) return;
+    const entry = () => {
+      pending.delete(entry);
+      drop();
+    };
+    const done = () => pending.delete(entry);
+    pending.add(entry);
+    req.once("end", done);
+    res.once("close", done);
+    if (pending.size > maxPendingRequests) pending.values().next().value?.();
+  };
 
   const serverFactory: FastifyServerFactory = (handler) => {
     const h1 = http.createServer(
@@ -60,7 +87,11 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         // Node enforces the two timeouts above from a timer that ticks every 30 s by default.
         connectionsCheckingInterval: Math.ceil(Math.min(30_000, headersTimeoutMs / 2)),
       },
-      handler,
+      (req, res) => {
+        // Only a request whose body is still to come is tracked; closing drops the connection.
+        track(req, res, () => req.socket.destroy());
+        handler(req, res);
+      },
     );
     h1Servers.add(h1);
     // A response still in flight at close leaves a keep-alive socket behind: drop it once idle.
@@ -68,10 +99,39 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       res.once("finish", () => closing && h1.closeIdleConnections()),
     );
 
-    const h2 = http2.createServer({ settings: { maxConcurrentStreams } });
+    const h2Options: http2.ServerOptions & { streamResetBurst: number; streamResetRate: number } = {
+      // As HTTP/1's 16 KiB header limit; streams per connection bounded and announced.
+      settings: { maxConcurrentStreams, maxHeaderListSize: 16 * 1024 },
+      maxSessionMemory: 4,
+      // Rapid reset (CVE-2023-44487): a client resetting streams faster than this loses its session.
+      streamResetBurst: 100,
+      streamResetRate: 30,
+    };
+    const h2 = http2.createServer(h2Options);
     // Fastify's handler copes with both request kinds; only its types insist on one server kind.
     type H2Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
-    h2.on("request", handler as unknown as H2Handler);
+    h2.on("request", (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
+      const { stream } = req;
+      const dispatch = () => (handler as unknown as H2Handler)(req, res);
+      if (stream.endAfterHeaders) return dispatch();
+      const reset = () => stream.close(http2.constants.NGHTTP2_CANCEL);
+      track(req, res, reset);
+      // As HTTP/1's requestTimeout: a stream whose body has not all arrived in time is reset, so
+      // streams opened and left pending cannot pile up (Node has no such timeout for HTTP/2).
+      const timer = setTimeout(() => req.complete || reset(), requestTimeoutMs);
+      res.once("close", () => clearTimeout(timer));
+      req.once("end", () => clearTimeout(timer));
+      // A request reaches fastify (and costs its request, reply and handler objects) only once its
+      // body starts to arrive: a stream that announces a body and sends none costs only Node's own
+      // objects until it is evicted or times out. 'readable' tells that data (or its end) is
+      // buffered in the stream without consuming it; once the listener is gone the stream flows
+      // again for Node's compatibility layer, which reads it on the handler's behalf.
+      const ready = () => {
+        stream.off("readable", ready);
+        if (!stream.destroyed) dispatch();
+      };
+      stream.on("readable", ready);
+    });
     h2.on("session", (session) => {
       sessions.add(session);
       session.once("close", () => sessions.delete(session));
@@ -111,6 +171,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       };
       socket.on("data", onData).on("error", settle).on("close", settle);
     });
+    server.maxConnections = maxConnections;
     // http.Server starts its connection tracking (headersTimeout, requestTimeout, closeIdleConnections)
     // on 'listening', which it never sees since fastify listens on the outer server.
     server.on("listening", () => h1.emit("listening"));

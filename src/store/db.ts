@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import mysql from "mysql2/promise";
 import type { Pool, PoolConnection, RowDataPacket } from "mysql2/promise";
-import { currentDeadline } from "../domain/deadline.js";
+import { currentDeadline, throwIfCancelled } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 
 export type { Pool, PoolConnection };
@@ -19,12 +19,23 @@ export type { Pool, PoolConnection };
  *   `operationTimeoutMs` from the moment it asks for a connection, or less when the calling client's
  *   deadline (src/domain/deadline.ts) comes first: waiting for a pooled connection, connecting and
  *   every round trip count. At the deadline the connection is destroyed (the server rolls back
- *   whatever it held) and the caller gets `unavailable`.
+ *   whatever it held) and the caller gets `unavailable`, or `deadline_exceeded` when it was the
+ *   client's deadline (src/domain/call-context.ts).
  * - Deadlocks and lock-wait timeouts retry the whole transaction, at most `maxAttempts` times in
  *   all, and only while a full lock wait still fits in the budget: a held lock gives 503 after two
  *   waits (~4 s), never 3 × 50 s.
  */
 const connectTimeoutMs = 2_000;
+
+/**
+ * The SQL mode every pooled connection runs with, whatever the server's default. Statements are
+ * built on the client with mysql2's escaping, which relies on backslash escapes: a server whose
+ * sql_mode has NO_BACKSLASH_ESCAPES would read `\'` as a backslash and the end of a string, so a
+ * user id could close its quotes. Modes that change how SQL reads (ANSI_QUOTES, PIPES_AS_CONCAT,
+ * PAD_CHAR_TO_FULL_LENGTH, …) are left out for the same reason. Every mode named here exists on
+ * MySQL 8.0 and MariaDB 10.6+ (NO_AUTO_CREATE_USER, which MySQL 8 removed, is not named).
+ */
+export const pinnedSqlMode = "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
 const lockWaitTimeoutSeconds = 2;
 export const operationTimeoutMs = 5_000;
 const maxAttempts = 3;
@@ -86,14 +97,38 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     open.add(tracked);
     tracked.stream.once("close", () => open.delete(tracked));
     // Queued ahead of the caller's first statement on this connection. With a callback, a failure
-    // (the server went away mid-setup) cannot surface as an unhandled 'error' event; the connection
-    // is then broken and the caller's own statement fails and is translated.
+    // cannot surface as an unhandled 'error' event; the connection is then destroyed, so the
+    // caller's statement fails (and is translated) rather than run in the server's own sql_mode.
     conn.query(
-      `SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
-      () => undefined,
+      `SET SESSION sql_mode = '${pinnedSqlMode}', SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
+      (err: unknown) => {
+        if (err) tracked.stream.destroy();
+      },
     );
   });
+  try {
+    await checkSession(pool);
+  } catch (err) {
+    await closePool(pool);
+    throw err;
+  }
   return pool;
+}
+
+/** What checkSession sends and expects back unchanged: every character escaping depends on. */
+const escapingProbe = "a'b\\c\"d`e\u0000f\nz";
+
+/**
+ * At start, proves on a pooled connection what correctness relies on: the pinned sql_mode is in
+ * force, and a string with quotes, backslashes and NUL goes to the server and back unchanged.
+ */
+async function checkSession(pool: Pool): Promise<void> {
+  const rows = await query<RowDataPacket[]>(pool, "SELECT @@SESSION.sql_mode AS mode, ? AS probe", [escapingProbe]);
+  const { mode, probe } = rows[0] as { mode: string; probe: string };
+  const modes = (list: string) => list.split(",").sort().join(",");
+  if (modes(mode) !== modes(pinnedSqlMode) || probe !== escapingProbe) {
+    throw new Error(`the database session does not run in the SQL mode the service pins (it has "${mode}"): refusing to start`);
+  }
 }
 
 /** How many pooled connections are busy and how many callers wait for one (metrics, tests). */
@@ -124,8 +159,24 @@ export async function closePool(pool: Pool, timeoutMs = 1_000): Promise<void> {
 }
 
 const retryableErrnos = new Set([
-  1213, // ER_LOCK_DEADLOCK
+  1213, // ER_LOCK_DEADLOCK (also a Galera certification conflict)
   1205, // ER_LOCK_WAIT_TIMEOUT
+]);
+
+/**
+ * Server errors that mean "this server cannot serve the statement now" rather than "the statement is
+ * wrong": a read-only server (a replica, or a primary during failover), a Galera node not ready, a
+ * connection killed or lost mid-statement. They are 503 with Retry-After, never 500.
+ */
+const unavailableErrnos = new Set([
+  1290, // ER_OPTION_PREVENTS_STATEMENT: --read-only (or another option) forbids it
+  1836, // ER_READ_ONLY_MODE
+  1792, // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+  1047, // ER_UNKNOWN_COM_ERROR: "WSREP has not yet prepared node for application use"
+  1053, // ER_SERVER_SHUTDOWN
+  1927, // ER_CONNECTION_KILLED (MariaDB)
+  2006, // CR_SERVER_GONE_ERROR
+  2013, // CR_SERVER_LOST
 ]);
 
 const unavailableCodes = new Set([
@@ -158,6 +209,21 @@ const unavailable = (cause?: unknown) =>
   new AppError("unavailable", "the database is unavailable, try again", undefined, { cause });
 
 /**
+ * When an operation must end: its own budget, or the calling client's deadline when that comes first
+ * (then reaching it is the client's DEADLINE_EXCEEDED, not the database's fault).
+ */
+interface Deadline {
+  at: number;
+  isClients: boolean;
+}
+
+function deadlineError(deadline: Deadline, cause: unknown): AppError {
+  return deadline.isClients
+    ? new AppError("deadline_exceeded", "the call's deadline passed before the database answered", undefined, { cause })
+    : unavailable(cause);
+}
+
+/**
  * Translates a driver error at the storage edge: connectivity, pool and lock failures become
  * `unavailable`; anything else stays an internal error whose text only reaches the log.
  */
@@ -166,6 +232,7 @@ export function translateDriverError(err: unknown): unknown {
   const e = err as DriverError;
   if (
     isRetryable(err) ||
+    unavailableErrnos.has(e?.errno ?? -1) ||
     unavailableCodes.has(e?.code ?? "") ||
     e?.fatal === true ||
     /queue limit reached|pool is closed|closed state/i.test(e?.message ?? "")
@@ -194,13 +261,13 @@ function discard(conn: PoolConnection): void {
  * A pooled connection, or `unavailable` once `deadline` passes. mysql2 pools have no acquire
  * timeout: a waiter stays queued until a connection frees, and one that gave up hands it straight back.
  */
-function acquire(pool: Pool, deadline: number): Promise<PoolConnection> {
+function acquire(pool: Pool, deadline: Deadline): Promise<PoolConnection> {
   return new Promise((resolve, reject) => {
     let isLate = false;
     const timer = setTimeout(() => {
       isLate = true;
-      reject(unavailable(new Error("timed out waiting for a database connection")));
-    }, Math.max(0, deadline - Date.now()));
+      reject(deadlineError(deadline, new Error("timed out waiting for a database connection")));
+    }, Math.max(0, deadline.at - Date.now()));
     pool.getConnection().then(
       (conn) => {
         clearTimeout(timer);
@@ -215,12 +282,22 @@ function acquire(pool: Pool, deadline: number): Promise<PoolConnection> {
   });
 }
 
-/** Runs `work` on a pooled connection that is killed if it is still busy at `deadline`. */
-async function withConnection<T>(pool: Pool, deadline: number, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+/**
+ * Runs `work` on a pooled connection that is killed if it is still busy at `deadline`. A call whose
+ * client has gone away does not take a connection at all.
+ */
+async function withConnection<T>(pool: Pool, deadline: Deadline, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+  throwIfCancelled();
   const conn = await acquire(pool, deadline);
-  const timer = setTimeout(() => kill(conn), Math.max(0, deadline - Date.now()));
+  let isKilled = false;
+  const timer = setTimeout(() => {
+    isKilled = true;
+    kill(conn);
+  }, Math.max(0, deadline.at - Date.now()));
   try {
     return await work(conn);
+  } catch (err) {
+    throw isKilled ? deadlineError(deadline, err) : err;
   } finally {
     clearTimeout(timer);
     conn.release(); // a no-op for a connection the driver already dropped
@@ -228,8 +305,10 @@ async function withConnection<T>(pool: Pool, deadline: number, work: (conn: Pool
 }
 
 /** An operation's own budget, or the calling client's deadline when that comes first. */
-function operationDeadline(): number {
-  return Math.min(Date.now() + operationTimeoutMs, currentDeadline() ?? Infinity);
+function operationDeadline(): Deadline {
+  const own = Date.now() + operationTimeoutMs;
+  const client = currentDeadline() ?? Infinity;
+  return client < own ? { at: client, isClients: true } : { at: own, isClients: false };
 }
 
 /**
@@ -241,9 +320,74 @@ function operationDeadline(): number {
 export async function inTransaction<T>(
   pool: Pool,
   work: (conn: PoolConnection) => Promise<T>,
-  { serializeOn, isolation }: { serializeOn?: string; isolation?: "READ COMMITTED" } = {},
+  { serializeOn, isolation, rowKey }: TransactionOptions = {},
 ): Promise<T> {
   const deadline = operationDeadline();
+  const key = rowKey ?? serializeOn;
+  if (key === undefined) return runTransaction(pool, deadline, work, serializeOn, isolation);
+  return oneAtATime(key, deadline, () => runTransaction(pool, deadline, work, serializeOn, isolation));
+}
+
+export interface TransactionOptions {
+  /** Queues transactions on a named lock (GET_LOCK) first, across instances. */
+  serializeOn?: string;
+  /** Lowers the isolation level for this transaction. */
+  isolation?: "READ COMMITTED";
+  /**
+   * The row (or rows) the transaction will lock, named by the caller. Transactions with the same key
+   * run one at a time on this instance and wait in memory, not on a pooled connection, so callers
+   * piling onto one locked row (a refresh storm, a row locked elsewhere) hold one connection, never
+   * the pool. `serializeOn` implies its own key.
+   */
+  rowKey?: string;
+}
+
+/**
+ * In-process queues, one per key: one transaction runs, at most `maxQueuedPerKey` wait (each until
+ * its own deadline), the rest are refused at once with `unavailable`.
+ */
+const maxQueuedPerKey = 32;
+const keyQueues = new Map<string, { start: () => void }[]>();
+
+async function oneAtATime<T>(key: string, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+  let waiting = keyQueues.get(key);
+  if (waiting === undefined) {
+    keyQueues.set(key, (waiting = []));
+  } else {
+    if (waiting.length >= maxQueuedPerKey) {
+      throw new AppError("unavailable", "too many concurrent requests for the same session; retry shortly");
+    }
+    const queue = waiting;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        queue.splice(queue.indexOf(entry), 1);
+        reject(deadlineError(deadline, new Error("timed out waiting for the same row")));
+      }, Math.max(0, deadline.at - Date.now()));
+      const entry = {
+        start: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      queue.push(entry);
+    });
+  }
+  try {
+    return await work();
+  } finally {
+    const next = waiting.shift();
+    if (next === undefined) keyQueues.delete(key);
+    else next.start();
+  }
+}
+
+async function runTransaction<T>(
+  pool: Pool,
+  deadline: Deadline,
+  work: (conn: PoolConnection) => Promise<T>,
+  serializeOn: string | undefined,
+  isolation: TransactionOptions["isolation"],
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await withConnection(pool, deadline, async (conn) => {
@@ -266,7 +410,7 @@ export async function inTransaction<T>(
         }
       });
     } catch (err) {
-      const fitsAnotherWait = deadline - Date.now() > lockWaitTimeoutSeconds * 1000;
+      const fitsAnotherWait = deadline.at - Date.now() > lockWaitTimeoutSeconds * 1000;
       if (isRetryable(err) && attempt < maxAttempts && fitsAnotherWait) continue;
       throw translateDriverError(err);
     }
@@ -283,8 +427,8 @@ function namedLock(key: string): string {
  * that would otherwise lock the same index range and insert into it (and so deadlock on each
  * other's gap locks) queue on it instead. Not getting it within a lock wait is `unavailable`.
  */
-async function takeNamedLock(conn: PoolConnection, key: string, deadline: number): Promise<void> {
-  const waitSeconds = Math.max(0, Math.min(lockWaitTimeoutSeconds, Math.floor((deadline - Date.now()) / 1000)));
+async function takeNamedLock(conn: PoolConnection, key: string, deadline: Deadline): Promise<void> {
+  const waitSeconds = Math.max(0, Math.min(lockWaitTimeoutSeconds, Math.floor((deadline.at - Date.now()) / 1000)));
   const [rows] = await conn.query<RowDataPacket[]>("SELECT GET_LOCK(?, ?) AS got", [namedLock(key), waitSeconds]);
   if (rows[0]?.got !== 1) throw unavailable(new Error("timed out waiting for a named lock"));
 }
@@ -301,12 +445,17 @@ export async function query<T>(pool: Pool, sql: string, params: unknown[] = []):
   }
 }
 
-/** True when the database answers a trivial statement within `timeoutMs` (readiness probes). */
-export async function isReachable(pool: Pool, timeoutMs: number): Promise<boolean> {
+/**
+ * What readiness needs to know of the database, within `timeoutMs`: whether it answers, and whether
+ * it takes writes (a read-only server, a replica or a primary during failover, answers reads only).
+ */
+export async function probeDatabase(pool: Pool, timeoutMs: number): Promise<"writable" | "read_only" | "unreachable"> {
   try {
-    await withConnection(pool, Date.now() + timeoutMs, (conn) => conn.query("SELECT 1"));
-    return true;
+    const [rows] = await withConnection(pool, { at: Date.now() + timeoutMs, isClients: false }, (conn) =>
+      conn.query<RowDataPacket[]>("SELECT @@GLOBAL.read_only AS ro"),
+    );
+    return Number(rows[0]?.ro) === 0 ? "writable" : "read_only";
   } catch {
-    return false;
+    return "unreachable";
   }
 }

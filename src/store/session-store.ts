@@ -1,6 +1,6 @@
 import DataLoader from "dataloader";
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
-import { withoutDeadline } from "../domain/deadline.js";
+import { withoutCall } from "../domain/call-context.js";
 import {
   isRevokeReason,
   scheduledEndOf,
@@ -121,7 +121,7 @@ export function createSessionStore(pool: Pool): SessionStore {
       await Promise.all(
         [...byTenant].map(async ([tenantId, ids]) => {
           // The batch serves many calls: no one caller's deadline may cut it short.
-          const rows = await withoutDeadline(() =>
+          const rows = await withoutCall(() =>
             query<StateRow[]>(
               pool,
               "SELECT id, expires_at, idle_expires_at, state, ends_at, end_reason, ended_by FROM sessions WHERE tenant_id = ? AND id IN (?)",
@@ -210,13 +210,17 @@ export function createSessionStore(pool: Pool): SessionStore {
 
     async revokeSession(tenantId, id, revocation) {
       // A transaction of one statement, for the lock-wait and deadlock retries inTransaction gives.
-      const isRevoked = await inTransaction(pool, async (conn) => {
-        const [result] = await conn.query<ResultSetHeader>(
-          revokeSql(`tenant_id = ? AND id = ? AND ${statusCondition.active}`),
-          [...revokeParams(revocation), tenantId, id, revocation.now],
-        );
-        return result.affectedRows > 0;
-      });
+      const isRevoked = await inTransaction(
+        pool,
+        async (conn) => {
+          const [result] = await conn.query<ResultSetHeader>(
+            revokeSql(`tenant_id = ? AND id = ? AND ${statusCondition.active}`),
+            [...revokeParams(revocation), tenantId, id, revocation.now],
+          );
+          return result.affectedRows > 0;
+        },
+        { rowKey: `session\0${tenantId}\0${id}` },
+      );
       if (isRevoked) return true;
       // Nothing changed: already ended (keeping its end as it was), or no such session.
       const rows = await query<RowDataPacket[]>(pool, "SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?", [tenantId, id]);
@@ -239,6 +243,8 @@ export function createSessionStore(pool: Pool): SessionStore {
     },
 
     async refresh(tenantId, presentedHash, successorHash, now, decide: RefreshDecider): Promise<RefreshResult> {
+      // Refreshes of one token (a storm of tabs or retries) wait their turn in memory, not on connections.
+      const rowKey = `refresh\0${tenantId}\0${presentedHash.toString("hex")}`;
       return inTransaction(pool, async (conn) => {
         // One statement locks the presented token and its session, both by primary key. Every
         // rotation and revoke of a session writes its row, so they serialise on it; revokes lock
@@ -294,7 +300,7 @@ export function createSessionStore(pool: Pool): SessionStore {
           );
         }
         return { ok: true, session: { ...session, lastActiveAt: activeAt, idleExpiresAt } };
-      });
+      }, { rowKey });
     },
   };
 }

@@ -21,6 +21,10 @@ export const errorTable: Record<ErrorCode, { code: Code; status: number }> = {
   unsupported_media_type: { code: Code.InvalidArgument, status: 415 },
   headers_too_large: { code: Code.ResourceExhausted, status: 431 },
   rate_limit_exceeded: { code: Code.ResourceExhausted, status: 429 },
+  // Only RPCs carry a client deadline (grpc-timeout, connect-timeout-ms); 504 is its HTTP form.
+  deadline_exceeded: { code: Code.DeadlineExceeded, status: 504 },
+  // The client went away (closed the connection, reset the stream): nobody reads the answer.
+  cancelled: { code: Code.Canceled, status: 499 },
   unavailable: { code: Code.Unavailable, status: 503 },
   internal: { code: Code.Internal, status: 500 },
 };
@@ -86,9 +90,11 @@ function codeFromConnect(code: Code): ErrorCode {
       return "payload_too_large";
     case Code.Unimplemented:
       return "method_not_allowed";
-    case Code.Unavailable:
     case Code.DeadlineExceeded:
+      return "deadline_exceeded";
     case Code.Canceled:
+      return "cancelled";
+    case Code.Unavailable:
       return "unavailable";
     default:
       return "internal";

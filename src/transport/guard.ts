@@ -3,7 +3,7 @@ import { createContextKey, type HandlerContext, type ServiceImpl } from "@connec
 import type { FastifyBaseLogger } from "fastify";
 import { is_public, no_store } from "../../gen/sessions/v1/options_pb.js";
 import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
-import { withDeadline } from "../domain/deadline.js";
+import { throwIfCancelled, withCall } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import { toConnectError, toPublicError } from "./error-codes.js";
 import type { Metrics } from "./metrics.js";
@@ -26,6 +26,9 @@ export interface GuardDeps {
 }
 
 type UnaryImpl = (req: unknown, ctx: HandlerContext) => Promise<unknown>;
+
+/** Retry-After on 503: a failover or a restart takes seconds; one second apart spreads retries out. */
+const retryAfterUnavailableSeconds = 1;
 
 /**
  * Wraps every unary handler of `service` with what every protocol needs alike, Connect, gRPC,
@@ -70,16 +73,24 @@ export function guardService<S extends DescService>(service: S, impl: ServiceImp
         ctx.responseHeader.set("pragma", "no-cache");
       }
       try {
-        const caller = isPublic ? await publicCaller(ctx) : await authenticate(ctx);
-        ctx.values.set(callerKey, caller);
-        await deps.rateLimits.checkTenant(ctx, tier, caller.tenantId);
-        // A gRPC/Connect deadline bounds the database work done for the call, not just the wait.
-        const res = await withDeadline(ctx.timeoutMs(), () => handler(req, ctx));
+        // A gRPC/Connect deadline bounds the database work done for the call (the key lookup
+        // included), not just the wait; a client that went away stops the call before each
+        // expensive step (a reset HTTP/2 stream never reaches the database or a signature check).
+        const res = await withCall({ timeoutMs: ctx.timeoutMs(), signal: ctx.signal }, async () => {
+          throwIfCancelled();
+          const caller = isPublic ? await publicCaller(ctx) : await authenticate(ctx);
+          ctx.values.set(callerKey, caller);
+          await deps.rateLimits.checkTenant(ctx, tier, caller.tenantId);
+          throwIfCancelled();
+          return handler(req, ctx);
+        });
         stop("ok");
         return res;
       } catch (err) {
         const pub = toPublicError(err);
         stop(pub.code);
+        // The database is failing over, read-only or down: worth a retry, soon.
+        if (pub.code === "unavailable") ctx.responseHeader.set("retry-after", String(retryAfterUnavailableSeconds));
         if (pub.cause !== undefined) deps.log.error({ err: pub.cause, rpc: method.name }, "internal error");
         throw toConnectError(err);
       }

@@ -54,16 +54,29 @@ export function fromRestParams<Desc extends DescMessage>(
     const field = fieldNamed(schema, key);
     if (!field || options.exclude?.has(field.name)) throw invalid(key, `unknown parameter "${key}"`);
     if (raw === undefined) continue;
-    const values = (typeof raw === "string" ? [raw] : raw).map((value) => paramJson(field, value));
+    const values = (typeof raw === "string" ? [raw] : raw).map((value) => paramJson(field, key, value));
     if (field.fieldKind !== "list" && values.length > 1) throw invalid(field.name, `parameter "${key}" is given more than once`);
     json[key] = field.fieldKind === "list" ? values : (values[0] ?? null);
   }
   return readObject(schema, json, "", options);
 }
 
-// Only bool needs converting: proto3 JSON already accepts numbers, int64s and enums as strings.
-function paramJson(field: DescField, value: string): JsonValue {
-  return field.scalar === ScalarType.BOOL && (value === "true" || value === "false") ? value === "true" : value;
+const integerScalars = new Set([
+  ScalarType.INT32, ScalarType.SINT32, ScalarType.SFIXED32, ScalarType.UINT32, ScalarType.FIXED32,
+  ScalarType.INT64, ScalarType.SINT64, ScalarType.SFIXED64, ScalarType.UINT64, ScalarType.FIXED64,
+]);
+
+/**
+ * A parameter's string as the proto3 JSON value protobuf-es reads. Bools are converted; integers
+ * must be plain decimal (proto3 JSON would also take `1e2`, `1.0` or ` 5`, which no one means in a
+ * URL); the rest (enums, strings) proto3 JSON reads from strings already.
+ */
+function paramJson(field: DescField, key: string, value: string): JsonValue {
+  if (field.scalar === ScalarType.BOOL && (value === "true" || value === "false")) return value === "true";
+  if (field.scalar !== undefined && integerScalars.has(field.scalar) && !/^-?[0-9]{1,20}$/.test(value)) {
+    throw invalid(field.name, `parameter "${key}" must be a decimal integer`);
+  }
+  return value;
 }
 
 function restObject(schema: DescMessage, json: JsonObject): JsonObject {

@@ -25,6 +25,7 @@ import { http } from "../../gen/google/api/annotations_pb.js";
 import { http_success_code } from "../../gen/sessions/v1/options_pb.js";
 import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
+import { parseStrictJson } from "./strict-json.js";
 import { type RestParams, fromRestJson, fromRestParams, toRestJson } from "./rest-json.js";
 
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
@@ -108,18 +109,19 @@ export function registerRest<S extends DescService>(
   app.register(async (scope) => {
     scope.setErrorHandler(restErrorHandler);
     scope.removeAllContentTypeParsers();
-    // Plain JSON.parse is safe: bodies only reach fromRestJson, which copies known fields only.
-    scope.addContentTypeParser<string>("application/json", { parseAs: "string" }, (request, body, done) => {
+    // Bodies only reach fromRestJson, which copies known fields only; parseStrictJson refuses bytes
+    // that are not UTF-8 and keys given twice.
+    scope.addContentTypeParser<Buffer>("application/json", { parseAs: "buffer" }, (request, body, done) => {
       // Fastify does not decompress, and a compressed body must not dodge the size limit unread.
       const encoding = request.headers["content-encoding"];
       if (encoding !== undefined && encoding !== "identity") {
         return done(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
       }
-      if (body === "") return done(null, {}); // an empty body is an empty request message
+      if (body.length === 0) return done(null, {}); // an empty body is an empty request message
       try {
-        done(null, JSON.parse(body));
-      } catch {
-        done(new AppError("invalid_request", "malformed JSON body"));
+        done(null, parseStrictJson(body));
+      } catch (err) {
+        done(err as Error);
       }
     });
     for (const route of routes) {

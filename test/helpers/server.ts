@@ -29,8 +29,8 @@ export async function startTestServer(
     ...(opts.sharedWith ? { DATABASE_URL: opts.sharedWith.config.databaseUrl } : {}),
     ...opts.env,
   });
-  const services = await openServices(config, opts.clock ? { clock: opts.clock } : {});
-  const app = buildApp(config, services, { logStream: opts.logStream });
+  const services = await openServices(config, { ...(opts.clock ? { clock: opts.clock } : {}), ...(opts.logStream ? { logStream: opts.logStream } : {}) });
+  const app = buildApp(config, services);
   app.addHook("onClose", () => services.close());
   if (opts.listen !== false) await app.listen({ port: 0, host: "127.0.0.1" });
   else await app.ready();

@@ -1,0 +1,41 @@
+import { AsyncLocalStorage } from "node:async_hooks";
+import { AppError } from "./errors.js";
+
+/**
+ * What the current call's client asked for, carried from the transport to the domain and storage
+ * without threading it through every signature: the moment it stops waiting (its deadline), and a
+ * signal that fires when it went away (a closed connection, an HTTP/2 RST_STREAM). Database work for
+ * a call nobody waits for any more stops, and a reset call never reaches the expensive steps (key
+ * lookup, signature check, SQL).
+ */
+interface CallContext {
+  /** Ms since the epoch; undefined when the client gave no deadline. */
+  deadline: number | undefined;
+  signal: AbortSignal | undefined;
+}
+
+const storage = new AsyncLocalStorage<CallContext>();
+
+/** Longest deadline honoured: a client asking for more gets this (database work is bounded anyway). */
+export const maxDeadlineMs = 30_000;
+
+/** Runs `work` as a call with a deadline `timeoutMs` from now (capped at maxDeadlineMs), if any, and `signal`. */
+export function withCall<T>({ timeoutMs, signal }: { timeoutMs: number | undefined; signal: AbortSignal }, work: () => Promise<T>): Promise<T> {
+  const deadline = timeoutMs === undefined ? undefined : Date.now() + Math.min(timeoutMs, maxDeadlineMs);
+  return storage.run({ deadline, signal }, work);
+}
+
+/** The current call's deadline, if its client gave one. */
+export function currentDeadline(): number | undefined {
+  return storage.getStore()?.deadline;
+}
+
+/** Throws `cancelled` when the current call's client has gone away; call it before expensive steps. */
+export function throwIfCancelled(): void {
+  if (storage.getStore()?.signal?.aborted === true) throw new AppError("cancelled", "the client cancelled the call");
+}
+
+/** Runs `work` outside any call: for work shared by many calls, such as a batched read. */
+export function withoutCall<T>(work: () => Promise<T>): Promise<T> {
+  return storage.exit(work);
+}

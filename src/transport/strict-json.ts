@@ -1,0 +1,70 @@
+import { AppError } from "../domain/errors.js";
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads a JSON request body strictly: the bytes must be UTF-8 (no silent U+FFFD for bad bytes), and
+ * no object may name a key twice, at any depth (JSON.parse keeps the last one, so `{"user_id": "a",
+ * "user_id": "b"}` would mean whatever the parser happens to do; other parsers keep the first).
+ */
+export function parseStrictJson(body: Buffer): unknown {
+  let text: string;
+  try {
+    text = utf8.decode(body);
+  } catch {
+    throw new AppError("invalid_request", "the request body is not valid UTF-8");
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new AppError("invalid_request", "malformed JSON body");
+  }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate !== undefined) throw new AppError("invalid_request", `the key "${duplicate}" appears twice in one object`, duplicate);
+  return value;
+}
+
+/**
+ * The first key that appears twice in one object of `text`, which must be valid JSON. Keys compare
+ * after unescaping (`"a"` and `"\u0061"` are the same key).
+ */
+export function findDuplicateKey(text: string): string | undefined {
+  // One entry per open container: the keys seen so far for an object, null for an array.
+  const stack: (Set<string> | null)[] = [];
+  let expectsKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b /* { */) {
+      stack.push(new Set());
+      expectsKey = true;
+    } else if (c === 0x5b /* [ */) {
+      stack.push(null);
+      expectsKey = false;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      stack.pop();
+      expectsKey = false;
+    } else if (c === 0x2c /* , */) {
+      expectsKey = stack.at(-1) instanceof Set;
+    } else if (c === 0x22 /* " */) {
+      let end = i + 1;
+      let hasEscape = false;
+      while (text.charCodeAt(end) !== 0x22) {
+        if (text.charCodeAt(end) === 0x5c /* \ */) {
+          hasEscape = true;
+          end++;
+        }
+        end++;
+      }
+      const keys = stack.at(-1);
+      if (expectsKey && keys) {
+        const key = hasEscape ? (JSON.parse(text.slice(i, end + 1)) as string) : text.slice(i + 1, end);
+        if (keys.has(key)) return key;
+        keys.add(key);
+        expectsKey = false;
+      }
+      i = end;
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,165 @@
+import { generateKeyPairSync, randomBytes, verify as nodeVerify, createPublicKey } from "node:crypto";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import type { SigningKeyRecord } from "../../src/domain/model.js";
+import type { SigningKeyStore } from "../../src/domain/ports.js";
+import { newId } from "../../src/domain/secrets.js";
+import {
+  checkSigningKey,
+  createKeyRing,
+  encryptPrivateKey,
+  KeyEncryptionKeyError,
+  newSigningKey,
+  reloadIntervalMs,
+} from "../../src/domain/signing-keys.js";
+
+/**
+ * The key ring against an in-memory key table: every stored key is checked before it is published,
+ * bad rows are skipped and reported while good ones load, reload failures show, a wrong KEK stops
+ * start-up.
+ */
+
+const kek = randomBytes(32);
+const now = new Date("2026-01-15T12:00:00Z");
+const clock = { now: () => now };
+const issuer = "https://issuer.example";
+const b64u = (b: Buffer | string) => Buffer.from(b).toString("base64url");
+
+function memoryStore(rows: SigningKeyRecord[]): SigningKeyStore & { rows: SigningKeyRecord[]; isBroken: boolean } {
+  return {
+    rows,
+    isBroken: false,
+    async listSigningKeys() {
+      if (this.isBroken) throw new Error("the key table is unreadable");
+      return [...this.rows];
+    },
+    async insertSigningKey(k) {
+      this.rows.push(k);
+    },
+    async retireSigningKey() {},
+    async revokeSigningKey() {
+      return false;
+    },
+    withSigningKeyLock: (work) => work(),
+  };
+}
+
+/** A row whose public half is `x` (raw bytes) and whose private half is some real key's, encrypted properly. */
+function rowWithPublic(x: Buffer, encryptWith = kek): SigningKeyRecord {
+  const id = newId("key");
+  return {
+    id,
+    publicX: b64u(x),
+    privateKeyEncrypted: encryptPrivateKey(encryptWith, id, generateKeyPairSync("ed25519").privateKey),
+    createdAt: now,
+    signsFrom: new Date(now.getTime() - 1000),
+    retiredAt: null,
+    revokedAt: null,
+  };
+}
+
+const identityPoint = Buffer.concat([Buffer.from([1]), Buffer.alloc(31)]);
+const order8Point = Buffer.from("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a", "hex");
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("checkSigningKey", () => {
+  it("accepts a key made by newSigningKey", () => {
+    expect(checkSigningKey(kek, newSigningKey(kek, now, now))).toBeUndefined();
+  });
+
+  it.each<[string, () => SigningKeyRecord, RegExp]>([
+    ["a 31-byte public key", () => rowWithPublic(randomBytes(31)), /31 bytes/],
+    ["a 33-byte public key", () => rowWithPublic(randomBytes(33)), /33 bytes/],
+    ["the identity point", () => rowWithPublic(identityPoint), /small order/],
+    ["a point of order 8", () => rowWithPublic(order8Point), /small order/],
+    ["a non-canonical y", () => rowWithPublic(Buffer.concat([Buffer.from([0xee]), Buffer.alloc(30, 0xff), Buffer.from([0x7f])])), /canonical/],
+    ["padded base64", () => ({ ...newSigningKey(kek, now, now), publicX: `${newSigningKey(kek, now, now).publicX}=` }), /canonical base64url/],
+    ["a private half under another KEK", () => ({ ...newSigningKey(randomBytes(32), now, now) }), /does not decrypt/],
+    ["halves of two different keys", () => rowWithPublic(Buffer.from(generateKeyPairSync("ed25519").publicKey.export({ format: "jwk" }).x as string, "base64url")), /does not belong/],
+  ])("refuses %s", (_name, make, reason) => {
+    expect(checkSigningKey(kek, make())?.reason).toMatch(reason);
+  });
+});
+
+describe("the key ring", () => {
+  it("publishes only sound keys, reports each bad row once, and refuses tokens forged for a small-order key", async () => {
+    const good = newSigningKey(kek, now, new Date(now.getTime() - 1000));
+    const smallOrder = rowWithPublic(identityPoint);
+    const short = rowWithPublic(randomBytes(31));
+    const store = memoryStore([good, smallOrder, short]);
+    const reported: string[] = [];
+    const ring = createKeyRing({ store, keyEncryptionKey: kek, clock, issuer, onInvalidKey: (id) => reported.push(id) });
+    await ring.start();
+    try {
+      expect(ring.jwks().keys.map((k) => k.kid)).toEqual([good.id]);
+      expect(ring.status()).toMatchObject({ published: 1, reloadFailures: 0 });
+      expect(ring.status().invalidKeys.map((k) => k.id).sort()).toEqual([smallOrder.id, short.id].sort());
+      await ring.reload();
+      expect(reported.sort()).toEqual([smallOrder.id, short.id].sort());
+
+      // The forgery a small-order key allows: R = A and S = 0 verifies for any message under A = identity.
+      const header = b64u(JSON.stringify({ alg: "EdDSA", kid: smallOrder.id, typ: "at+jwt" }));
+      const iat = Math.floor(now.getTime() / 1000);
+      const payload = b64u(JSON.stringify({ sub: "u", aud: "tnt_x", jti: "at_1", sid: "ses_x", tenant_id: "tnt_x", role: "member", mfa_verified: false, iss: issuer, iat, nbf: iat, exp: iat + 600 }));
+      const signature = Buffer.concat([identityPoint, Buffer.alloc(32)]);
+      // Node itself accepts it (which is why the key is refused before it is ever used)...
+      const spki = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: b64u(identityPoint) }, format: "jwk" });
+      expect(nodeVerify(null, Buffer.from(`${header}.${payload}`), spki, signature)).toBe(true);
+      // ...the key ring does not.
+      expect(await ring.verify(`${header}.${payload}.${b64u(signature)}`)).toMatchObject({ ok: false, code: "invalid_token" });
+
+      // A good key added later still loads beside the bad rows.
+      const next = newSigningKey(kek, now, new Date(now.getTime() + 600_000));
+      store.rows.push(next);
+      await ring.reload();
+      expect(ring.jwks().keys.map((k) => k.kid).sort()).toEqual([good.id, next.id].sort());
+    } finally {
+      ring.stop();
+    }
+  });
+
+  it("counts failed reloads and stops calling itself fresh after three intervals without one", async () => {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
+    const store = memoryStore([newSigningKey(kek, now, new Date(now.getTime() - 1000))]);
+    const ring = createKeyRing({ store, keyEncryptionKey: kek, clock, issuer });
+    await ring.start();
+    try {
+      expect(ring.isFresh()).toBe(true);
+      store.isBroken = true;
+      await vi.advanceTimersByTimeAsync(3 * reloadIntervalMs);
+      expect(ring.status().reloadFailures).toBe(3);
+      expect(ring.isFresh()).toBe(true);
+      await vi.advanceTimersByTimeAsync(reloadIntervalMs);
+      expect(ring.isFresh()).toBe(false);
+      store.isBroken = false;
+      await vi.advanceTimersByTimeAsync(reloadIntervalMs);
+      expect(ring.isFresh()).toBe(true);
+    } finally {
+      ring.stop();
+    }
+  });
+
+  it("refuses to start when no stored key decrypts with KEY_ENCRYPTION_KEY", async () => {
+    const otherKek = randomBytes(32);
+    const store = memoryStore([newSigningKey(otherKek, now, now), newSigningKey(otherKek, now, now)]);
+    const ring = createKeyRing({ store, keyEncryptionKey: kek, clock, issuer });
+    await expect(ring.start()).rejects.toThrow(KeyEncryptionKeyError);
+    await expect(ring.start()).rejects.toThrow(/KEY_ENCRYPTION_KEY/);
+    expect(store.rows).toHaveLength(2);
+  });
+
+  it("starts past one undecryptable row among good ones, and makes the first key on an empty table", async () => {
+    const store = memoryStore([newSigningKey(randomBytes(32), now, now), newSigningKey(kek, now, new Date(now.getTime() - 1000))]);
+    const ring = createKeyRing({ store, keyEncryptionKey: kek, clock, issuer });
+    await ring.start();
+    ring.stop();
+    expect(ring.jwks().keys).toHaveLength(1);
+    const empty = memoryStore([]);
+    const first = createKeyRing({ store: empty, keyEncryptionKey: kek, clock, issuer });
+    await first.start();
+    first.stop();
+    expect(empty.rows).toHaveLength(1);
+  });
+});
