@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -10,10 +11,11 @@ import { startTestServer, type TestServer } from "./helpers/server.js";
 /** The caller's own credentials, over REST and Connect alike. */
 
 const run = promisify(execFile);
+const apiKeyCacheSeconds = 1;
 let server: TestServer;
 
 beforeAll(async () => {
-  server = await startTestServer({ env: { API_KEY_CACHE_SECONDS: "1" } });
+  server = await startTestServer({ env: { API_KEY_CACHE_SECONDS: String(apiKeyCacheSeconds) } });
 });
 afterAll(async () => {
   await server?.close();
@@ -67,27 +69,25 @@ describe("malformed Authorization headers", () => {
 
 describe("unknown, revoked and wrong-tenant keys", () => {
   it("give identical answers, and a key revoked with sessionctl stops working on every instance within API_KEY_CACHE_SECONDS", async () => {
-    const second = await startTestServer({ sharedWith: server, env: { API_KEY_CACHE_SECONDS: "1" } });
+    const second = await startTestServer({ sharedWith: server, env: { API_KEY_CACHE_SECONDS: String(apiKeyCacheSeconds) } });
     try {
       const tenant = await server.addTenant("revocable");
       const other = await server.addTenant("other");
+      // Both instances look the key up now, and may answer from their cache until this lookup is
+      // API_KEY_CACHE_SECONDS old.
       for (const s of [server, second]) {
         expect((await fetch(`${s.url}/v1/sessions`, { headers: tenant.headers })).status).toBe(200);
       }
       await run("node", ["bin/sessionctl.js", "keys", "revoke", "--tenant", tenant.id, "--key", tenant.keyId], {
         env: { ...process.env, DATABASE_URL: server.config.databaseUrl },
       });
-      const revokedAt = Date.now();
+      // Once the cache window has passed since those lookups (they were before the revocation), no
+      // instance may accept the key: each must refuse it on the very first try. The wait is the
+      // documented bound itself; a slow machine only makes it longer, which cannot fail the test.
+      await sleep(apiKeyCacheSeconds * 1_000 + 100);
       for (const s of [server, second]) {
-        let status = 200;
-        while (status === 200 && Date.now() - revokedAt < 5_000) {
-          status = (await fetch(`${s.url}/v1/sessions`, { headers: tenant.headers })).status;
-          if (status === 200) await new Promise((r) => setTimeout(r, 100));
-        }
-        expect(status).toBe(401);
+        expect((await fetch(`${s.url}/v1/sessions`, { headers: tenant.headers })).status, s.url).toBe(401);
       }
-      // The documented bound is API_KEY_CACHE_SECONDS (1 s here), plus scheduling slack.
-      expect(Date.now() - revokedAt).toBeLessThan(2_500);
 
       const revoked = await restError(tenant.headers);
       const unknown = await restError({ authorization: `Bearer sk_live_${"Z".repeat(43)}`, "x-tenant-id": tenant.id });

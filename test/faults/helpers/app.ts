@@ -1,14 +1,15 @@
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { FastifyInstance } from "fastify";
-import mysql from "mysql2/promise";
-import { afterAll, beforeAll } from "vitest";
+import mysql, { type Connection, type RowDataPacket } from "mysql2/promise";
+import { afterAll, afterEach, beforeAll } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
 import { buildApp } from "../../../src/app.js";
 import { loadConfig, type Config } from "../../../src/config.js";
 import { mintApiKey } from "../../../src/domain/api-keys.js";
 import { newId } from "../../../src/domain/secrets.js";
 import { openServices, type Services } from "../../../src/services.js";
+import { poolStats, type Pool } from "../../../src/store/db.js";
 import { createTenantStore } from "../../../src/store/tenant-store.js";
 
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
@@ -75,7 +76,8 @@ export interface FaultStack {
 
 /**
  * Registers beforeAll/afterAll for a private MariaDB, a fault proxy in front of it and the app
- * talking to the proxy; the returned object is filled in once beforeAll has run.
+ * talking to the proxy; the returned object is filled in once beforeAll has run. After each test
+ * the proxy passes traffic again, so that a test failing half-way leaves no fault to the next.
  */
 export function useFaultStack(env: Record<string, string> = {}): FaultStack {
   const stack = {} as FaultStack;
@@ -83,6 +85,10 @@ export function useFaultStack(env: Record<string, string> = {}): FaultStack {
     stack.db = await startPrivateMariaDb();
     stack.proxy = await startFaultProxy(stack.db.port);
     stack.svc = await startFaultApp(stack.proxy.port, env);
+  });
+  afterEach(() => {
+    stack.proxy?.setLatency(0);
+    stack.proxy?.setMode("pass");
   });
   afterAll(async () => {
     await stack.svc?.close();
@@ -144,6 +150,38 @@ export { hashSecret } from "../../../src/domain/secrets.js";
 /** A direct connection to the private server (not through the proxy), for checks and side locks. */
 export function directConnection(port: number, database = faultDatabase) {
   return mysql.createConnection({ host: "127.0.0.1", port, user: "root", database, timezone: "Z" });
+}
+
+/**
+ * A server-wide counter from SHOW GLOBAL STATUS, e.g. `Innodb_row_lock_waits` (row-lock waits begun),
+ * `Innodb_row_lock_current_waits`, `Innodb_deadlocks`, `Com_begin` (transactions started).
+ */
+export async function globalStatus(conn: Connection, name: string): Promise<number> {
+  const [rows] = await conn.query<RowDataPacket[]>("SHOW GLOBAL STATUS LIKE ?", [name]);
+  if (rows[0] === undefined) throw new Error(`no status variable ${name}`);
+  return Number(rows[0].Value);
+}
+
+/**
+ * Watches the pool while `work` runs: the most connections in use and the most callers waiting at
+ * any moment (sampled every few milliseconds and whenever `note` is called).
+ */
+export async function watchPool<T>(pool: Pool, work: (note: () => void) => Promise<T>): Promise<{ result: T; maxInUse: number; maxWaiting: number }> {
+  let maxInUse = 0;
+  let maxWaiting = 0;
+  const note = () => {
+    const { inUse, waiting } = poolStats(pool);
+    maxInUse = Math.max(maxInUse, inUse);
+    maxWaiting = Math.max(maxWaiting, waiting);
+  };
+  const sampler = setInterval(note, 5);
+  try {
+    const result = await work(note);
+    note();
+    return { result, maxInUse, maxWaiting };
+  } finally {
+    clearInterval(sampler);
+  }
 }
 
 /** Polls `probe` until it returns true or `timeoutMs` passes; returns how long it took. */

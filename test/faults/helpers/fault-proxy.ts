@@ -15,6 +15,11 @@ export interface FaultProxy {
   setLatency(ms: number): void;
   /** Connections currently open through the proxy. */
   connectionCount(): number;
+  /**
+   * Records the text of every statement (MySQL COM_QUERY packet) clients send from now on, whatever
+   * the mode, until `stop()`, which returns them in order.
+   */
+  recordQueries(): { stop(): string[] };
   close(): Promise<void>;
 }
 
@@ -29,6 +34,29 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
   const links = new Set<Link>();
   let mode: FaultMode = "pass";
   let latencyMs = 0;
+  const recorders = new Set<string[]>();
+
+  /**
+   * Follows the MySQL packets one client sends (3-byte length, sequence id, payload), across chunks,
+   * and hands the text of each statement (COM_QUERY) to the recorders.
+   */
+  const statementReader = () => {
+    let buffered: Buffer = Buffer.alloc(0);
+    return (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      let at = 0;
+      while (buffered.length - at >= 4) {
+        const end = at + 4 + buffered.readUIntLE(at, 3);
+        if (end > buffered.length) break;
+        if (recorders.size > 0 && end > at + 4 && buffered[at + 4] === 0x03 /* COM_QUERY */) {
+          const sql = buffered.toString("utf8", at + 5, end);
+          for (const texts of recorders) texts.push(sql);
+        }
+        at = end;
+      }
+      buffered = buffered.subarray(at);
+    };
+  };
 
   const drop = (link: Link) => {
     if (!links.delete(link)) return;
@@ -38,7 +66,9 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
   /** Writes chunks to `to` in order, each `latencyMs` after it arrived; nothing while stalled. */
   const forward = (link: Link, from: net.Socket, to: net.Socket) => {
     let queue = Promise.resolve();
+    const readStatements = from === link.client ? statementReader() : undefined;
     from.on("data", (chunk: Buffer) => {
+      readStatements?.(chunk);
       if (link.stalled) return;
       const due = Date.now() + latencyMs;
       queue = queue.then(async () => {
@@ -55,7 +85,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
     links.add(link);
     client.on("error", () => drop(link)).on("close", () => drop(link));
     if (mode === "refuse") return drop(link);
-    if (link.stalled) return; // never connects upstream, never answers
+    if (link.stalled) return; // never connects upstream, never answers (so the client never gets to send a statement)
     const upstream = net.connect(targetPort, "127.0.0.1");
     link.upstream = upstream;
     upstream.setNoDelay(true);
@@ -86,6 +116,16 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
       latencyMs = ms;
     },
     connectionCount: () => links.size,
+    recordQueries() {
+      const texts: string[] = [];
+      recorders.add(texts);
+      return {
+        stop: () => {
+          recorders.delete(texts);
+          return texts;
+        },
+      };
+    },
     async close() {
       for (const link of [...links]) drop(link);
       await new Promise((resolve) => server.close(resolve));
