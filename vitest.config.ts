@@ -4,7 +4,7 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     // Database-fault tests start their own MariaDB: `npm run test:faults` (vitest.faults.config.ts), part of `npm test`.
-    exclude: ["test/faults/**", "node_modules/**"],
+    exclude: ["test/faults/**", "test/serial/**", "node_modules/**"],
     // Integration tests share one MySQL server; each file uses its own database.
     testTimeout: 30_000,
     hookTimeout: 60_000,

@@ -126,7 +126,8 @@ function installSystemTables(datadir: string, tmp: string, env: NodeJS.ProcessEn
   });
 }
 
-export async function startPrivateMariaDb(): Promise<PrivateMariaDb> {
+/** `serverArgs` go to mariadbd after the defaults (for example `--sql-mode=…`). */
+export async function startPrivateMariaDb(serverArgs: string[] = []): Promise<PrivateMariaDb> {
   hookCleanup();
   const dir = await mkdtemp(join(tmpdir(), "sessions-faults-mariadb-"));
   let child: ChildProcess | undefined;
@@ -152,6 +153,7 @@ export async function startPrivateMariaDb(): Promise<PrivateMariaDb> {
       // Fast restarts: nothing to dump or load, no DNS lookups, a short shutdown.
       "--innodb-buffer-pool-dump-at-shutdown=0", "--innodb-buffer-pool-load-at-startup=0",
       "--skip-name-resolve", "--performance-schema=0", "--max-connections=200",
+      ...serverArgs,
     ], { env, stdio: ["ignore", "ignore", "pipe"] });
     child = started;
     started.stderr?.on("data", (b: Buffer) => void (stderr = tail(stderr + b.toString())));
