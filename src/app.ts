@@ -1,5 +1,4 @@
 import { createContextValues } from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
@@ -14,6 +13,7 @@ import { createMetrics } from "./transport/metrics.js";
 import { clientIpKey, createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
 import { registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
+import { registerRpcRoutes } from "./transport/rpc-routes.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
 
 /** Server timeouts: generous for real clients, short enough that slow or idle ones let go. */
@@ -92,7 +92,7 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
       : await services.readiness(readinessProbeTimeoutMs);
   const isServing = async () => (await readiness()).isReady;
 
-  app.register(fastifyConnectPlugin, {
+  registerRpcRoutes(app, {
     routes(router) {
       router.service(SessionService, impl);
       registerHealth(router, isServing);

@@ -3,7 +3,6 @@ import net, { type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fromBinary, type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import Fastify from "fastify";
@@ -20,6 +19,7 @@ import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import { createOnePort, type OnePortOptions } from "../src/server/one-port.js";
 import { registerHealth } from "../src/transport/health.js";
 import { registerReflection } from "../src/transport/reflection.js";
+import { registerRpcRoutes } from "../src/transport/rpc-routes.js";
 
 const headersTimeoutMs = 500;
 
@@ -41,7 +41,7 @@ async function startApp(opts: OnePortOptions = {}) {
   const onePort = createOnePort({ headersTimeoutMs, ...opts });
   const app = Fastify({ serverFactory: onePort.serverFactory });
   app.addHook("preClose", onePort.closeConnections);
-  await app.register(fastifyConnectPlugin, {
+  registerRpcRoutes(app, {
     routes(router) {
       router.service(SessionService, { listSessions: () => ({ data: [] }) });
       registerHealth(router, () => true, { watchIntervalMs: 100 });

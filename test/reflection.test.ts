@@ -4,7 +4,6 @@ import { promisify } from "node:util";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,6 +14,7 @@ import { SessionService, SessionStatus } from "../gen/sessions/v1/sessions_pb.js
 import { createOnePort } from "../src/server/one-port.js";
 import { registerHealth } from "../src/transport/health.js";
 import { registerReflection } from "../src/transport/reflection.js";
+import { registerRpcRoutes } from "../src/transport/rpc-routes.js";
 
 const run = promisify(execFile);
 const buf = new URL("../node_modules/.bin/buf", import.meta.url).pathname;
@@ -27,7 +27,7 @@ beforeAll(async () => {
   const onePort = createOnePort();
   app = Fastify({ serverFactory: onePort.serverFactory });
   app.addHook("preClose", onePort.closeConnections);
-  await app.register(fastifyConnectPlugin, {
+  registerRpcRoutes(app, {
     routes(router) {
       router.service(SessionService, {
         listSessions: (req) => ({ data: [{ id: "ses_1", userId: req.userId, status: SessionStatus.ACTIVE }] }),

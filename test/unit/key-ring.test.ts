@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes, verify as nodeVerify, createPublicKey } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SigningKeyRecord } from "../../src/domain/model.js";
 import type { SigningKeyStore } from "../../src/domain/ports.js";
@@ -104,10 +104,8 @@ describe("the key ring", () => {
       const iat = Math.floor(now.getTime() / 1000);
       const payload = b64u(JSON.stringify({ sub: "u", aud: "tnt_x", jti: "at_1", sid: "ses_x", tenant_id: "tnt_x", role: "member", mfa_verified: false, iss: issuer, iat, nbf: iat, exp: iat + 600 }));
       const signature = Buffer.concat([identityPoint, Buffer.alloc(32)]);
-      // Node itself accepts it (which is why the key is refused before it is ever used)...
-      const spki = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: b64u(identityPoint) }, format: "jwk" });
-      expect(nodeVerify(null, Buffer.from(`${header}.${payload}`), spki, signature)).toBe(true);
-      // ...the key ring does not.
+      // Node 20's OpenSSL accepts this signature under that key (Node 24's refuses it); the key ring
+      // never gets as far as asking, whatever the runtime.
       expect(await ring.verify(`${header}.${payload}.${b64u(signature)}`)).toMatchObject({ ok: false, code: "invalid_token" });
 
       // A good key added later still loads beside the bad rows.
