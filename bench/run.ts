@@ -1,58 +1,160 @@
-import { fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { readFile } from "node:fs/promises";
+import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { create, toBinary } from "@bufbuild/protobuf";
 import autocannon from "autocannon";
 import mysql from "mysql2/promise";
+import { GetSessionRequestSchema, VerifyTokenRequestSchema } from "../gen/sessions/v1/sessions_pb.js";
+import { grpcLoad, type LoadResult } from "./grpc-load.js";
+import { writeReport, type Row } from "./report.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
+import { runScale } from "./scale.js";
 
 /**
- * `npm run bench`: throughput of the real service against baselines measured in the same run on
- * the same machine, printed as ratios. Servers run in child processes; the load generator here.
- * BENCH_SECONDS (default 10) and BENCH_CONNECTIONS (default 32) tune the runs.
+ * `npm run bench`: every row of the performance table, the real service against a bare baseline
+ * doing the same work, measured in the same run on this machine, printed as ratios and written to
+ * bench/results/ (JSON and an SVG chart the README shows). Servers run in child processes (the
+ * service exactly as `npm start` runs it: node on dist/); load comes from this process.
+ *
+ *   npm run bench                    the throughput rows
+ *   npm run bench -- --scale         also the rows at a million sessions (seeds them by SQL once)
+ *   npm run bench -- --only=verify   rows whose name contains "verify"
+ *
+ * BENCH_SECONDS (default 6) per run, BENCH_RUNS (default 3, the median is reported),
+ * BENCH_CONNECTIONS (default 32).
  */
-const seconds = Number(process.env.BENCH_SECONDS ?? 10);
+const seconds = Number(process.env.BENCH_SECONDS ?? 6);
+const runs = Number(process.env.BENCH_RUNS ?? 3);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const serverUrl = process.env.BENCH_DATABASE_SERVER ?? "mysql://root@127.0.0.1:3306";
-const databaseUrl = `${serverUrl}/sessions_bench_${randomBytes(4).toString("hex")}`;
+const args = process.argv.slice(2);
+const isScale = args.includes("--scale");
+const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
 const root = fileURLToPath(new URL("..", import.meta.url));
+const databaseUrl = `${serverUrl}/sessions_bench_${randomBytes(4).toString("hex")}`;
+
+/** Distinct tokens verified, as a fleet of real users would present them. */
+const tokenCount = 10_000;
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
 
 async function startChild(script: string, env: Record<string, string>): Promise<{ child: ChildProcess; port: number }> {
-  const child = fork(script, [], {
-    cwd: root,
-    env: { ...process.env, ...env },
-    execArgv: ["--import", "tsx"],
-    stdio: ["ignore", "ignore", "inherit", "ipc"],
-  });
+  const child = fork(script, [], { cwd: root, env: { ...process.env, ...env }, execArgv: ["--import", "tsx"], stdio: ["ignore", "ignore", "inherit", "ipc"] });
   const [message] = (await once(child, "message")) as [{ port: number }];
   return { child, port: message.port };
 }
 
-async function load(title: string, opts: autocannon.Options): Promise<number> {
-  await autocannon({ ...opts, duration: 2 }); // warm-up: JIT, pools, caches
-  const result = await autocannon({ ...opts, duration: seconds, connections });
-  const errors = result.errors + result.timeouts + result.non2xx;
-  console.log(`${title.padEnd(44)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${String(result.latency.p99).padStart(4)} ms${errors ? `  (${errors} errors/non-2xx)` : ""}`);
-  return result.requests.average;
+export interface Service {
+  url: string;
+  child: ChildProcess;
+  rss(): Promise<number>;
 }
 
-/**
- * Every refresh rotates its token, so each request takes a live token from a shared pool and
- * returns its successor: one session per connection, each refreshed in a chain.
- */
-async function refreshLoad(base: string, headers: Record<string, string>): Promise<autocannon.Options> {
-  const live: string[] = [];
-  for (let i = 0; i < connections * 2; i++) {
-    const res = await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: `usr_refresh_${i}` }) });
-    live.push(((await res.json()) as { refresh_token: string }).refresh_token);
+/** The service as production runs it: `node dist/src/main.js`, rate limits off. */
+export async function startService(env: Record<string, string>): Promise<Service> {
+  const port = await freePort();
+  const child = spawn(process.execPath, ["dist/src/main.js"], {
+    cwd: root,
+    env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", LOG_LEVEL: "warn", NODE_ENV: "production", ...rateLimitsOff, ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; !(await fetch(`${url}/readyz`).then((r) => r.ok, () => false)); i++) {
+    if (child.exitCode !== null || i > 600) throw new Error("the service did not start");
+    await sleep(100);
   }
-  const refreshHeaders = { "x-tenant-id": headers["x-tenant-id"] as string, "content-type": "application/json" };
   return {
-    url: `${base}/v1/auth/token/refresh`,
+    url,
+    child,
+    async rss() {
+      const status = await readFile(`/proc/${child.pid}/status`, "utf8");
+      return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+    },
+  };
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
+
+/** An HTTP load run with autocannon; a warm-up first (JIT, pools, caches). */
+export async function httpLoad(opts: autocannon.Options, overrides: Partial<autocannon.Options> = {}): Promise<LoadResult> {
+  await autocannon({ ...opts, duration: 2, connections });
+  const result = await autocannon({ ...opts, duration: seconds, connections, ...overrides });
+  return {
+    requestsPerSecond: result.requests.average,
+    p50Ms: result.latency.p50,
+    p99Ms: result.latency.p99,
+    errors: result.errors + result.timeouts + result.non2xx,
+  };
+}
+
+/** Runs `service` and `baseline` alternately `runs` times and keeps the medians. */
+async function compare(
+  name: string,
+  goal: string,
+  goalRatio: number | undefined,
+  service: () => Promise<LoadResult>,
+  baseline: () => Promise<LoadResult>,
+  baselineName: string,
+): Promise<Row> {
+  const s: LoadResult[] = [];
+  const b: LoadResult[] = [];
+  for (let i = 0; i < runs; i++) {
+    b.push(await baseline());
+    s.push(await service());
+  }
+  const row: Row = {
+    name,
+    baselineName,
+    service: median(s.map((r) => r.requestsPerSecond)),
+    baseline: median(b.map((r) => r.requestsPerSecond)),
+    ratio: 0,
+    goal,
+    goalRatio,
+    p50Ms: median(s.map((r) => r.p50Ms)),
+    p99Ms: median(s.map((r) => r.p99Ms)),
+    errors: s.reduce((n, r) => n + r.errors, 0),
+  };
+  row.ratio = row.service / row.baseline;
+  const pass = goalRatio === undefined ? "" : row.ratio >= goalRatio ? "  ok" : "  BELOW GOAL";
+  console.log(
+    `${name.padEnd(46)} ${row.service.toFixed(0).padStart(7)}/s vs ${row.baseline.toFixed(0).padStart(7)}/s = ${row.ratio.toFixed(2)}x (goal ${goal})${pass}` +
+      `  p50 ${row.p50Ms.toFixed(1)} ms p99 ${row.p99Ms.toFixed(1)} ms${row.errors ? `  ${row.errors} errors` : ""}`,
+  );
+  return row;
+}
+
+async function createSessions(base: string, headers: Record<string, string>, count: number, userOf: (i: number) => string) {
+  const created: { access_token: string; refresh_token: string; session: { id: string } }[] = [];
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      for (let i = next++; i < count; i = next++) {
+        const res = await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: userOf(i) }) });
+        created.push((await res.json()) as (typeof created)[number]);
+      }
+    }),
+  );
+  return created;
+}
+
+/** Every refresh rotates its token: each request takes a live token and returns its successor. */
+function refreshRequests(tenantId: string, live: string[]): autocannon.Options {
+  return {
+    url: "",
     requests: [
       {
         method: "POST",
-        headers: refreshHeaders,
+        headers: { "x-tenant-id": tenantId, "content-type": "application/json" },
         setupRequest: (req) => ({ ...req, body: JSON.stringify({ refresh_token: live.shift() }) }),
         onResponse: (status, body) => {
           if (status === 200) live.push((JSON.parse(body) as { refresh_token: string }).refresh_token);
@@ -62,48 +164,81 @@ async function refreshLoad(base: string, headers: Record<string, string>): Promi
   };
 }
 
+const isWanted = (name: string) => only === undefined || name.toLowerCase().includes(only.toLowerCase());
+
 async function main() {
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
   const { tenantId, secret } = await seedTenant(databaseUrl, "bench");
-  const service = await startChild("bench/service-child.ts", {
-    DATABASE_URL: databaseUrl,
-    LOG_LEVEL: "warn",
-    NODE_ENV: "production",
-    KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url"),
-    ...rateLimitsOff,
-  });
-  const base = `http://127.0.0.1:${service.port}`;
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
-  const created = (await (await fetch(`${base}/v1/sessions`, { method: "POST", headers, body: JSON.stringify({ user_id: "usr_bench" }) })).json()) as { access_token: string };
-  const baseline = await startChild("bench/baseline-verify.ts", { JWKS_URL: `${base}/.well-known/jwks.json` });
-  const dbBaseline = await startChild("bench/baseline-db.ts", { DATABASE_URL: databaseUrl });
-
-  console.log(`bench: ${seconds}s per run, ${connections} connections, Node ${process.version}`);
+  const service = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url") });
+  const idleRss = await service.rss();
+  let peakRss = idleRss;
+  const sampler = setInterval(() => void service.rss().then((r) => (peakRss = Math.max(peakRss, r)), () => undefined), 200);
+  const base = service.url;
+  const children: ChildProcess[] = [service.child];
+  const rows: Row[] = [];
+  console.log(`bench: ${runs} × ${seconds}s per row (median), ${connections} connections, Node ${process.version}`);
   try {
-    const verifyBody = JSON.stringify({ token: created.access_token });
-    const bare = await load("baseline: node:http + jose verify", { url: `http://127.0.0.1:${baseline.port}/`, method: "POST", body: verifyBody, headers });
-    const verify = await load("POST /v1/sessions/verify", { url: `${base}/v1/sessions/verify`, method: "POST", body: verifyBody, headers });
-    console.log(`verify / baseline = ${(verify / bare).toFixed(2)}x (goal >= 0.5x)`);
-
-    const insert = await load("baseline: node:http + one INSERT", { url: `http://127.0.0.1:${dbBaseline.port}/insert`, method: "POST" });
-    const create = await load("POST /v1/sessions", {
-      url: `${base}/v1/sessions`,
-      method: "POST",
-      headers,
-      body: JSON.stringify({ user_id: "usr_bench", user_agent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)", ip_address: "203.0.113.42" }),
+    const sessions = await createSessions(base, headers, tokenCount, (i) => `usr_${i % 2_000}`);
+    const tokens = sessions.map((s) => s.access_token);
+    const verifyBodies = tokens.map((token) => JSON.stringify({ token }));
+    let nextToken = 0;
+    const verifyRequest = (url: string, extraHeaders: Record<string, string> = {}): autocannon.Options => ({
+      url,
+      requests: [{ method: "POST", headers: { ...headers, ...extraHeaders }, setupRequest: (req) => ({ ...req, body: verifyBodies[nextToken++ % verifyBodies.length] }) }],
     });
-    console.log(`create / INSERT baseline = ${(create / insert).toFixed(2)}x`);
+    const verifyBaseline = await startChild("bench/children/baseline-verify.ts", { JWKS_URL: `${base}/.well-known/jwks.json` });
+    const dbBaseline = await startChild("bench/children/baseline-db.ts", { DATABASE_URL: databaseUrl, TENANT_ID: tenantId });
+    const grpcBaseline = await startChild("bench/children/baseline-grpc.ts", { JWKS_URL: `${base}/.well-known/jwks.json`, DATABASE_URL: databaseUrl, TENANT_ID: tenantId });
+    children.push(verifyBaseline.child, dbBaseline.child, grpcBaseline.child);
+    const grpcMetadata = { authorization: headers.authorization, "x-tenant-id": tenantId };
+    const verifyMessages = tokens.map((token) => toBinary(VerifyTokenRequestSchema, create(VerifyTokenRequestSchema, { token })));
+    const getMessages = sessions.map((s) => toBinary(GetSessionRequestSchema, create(GetSessionRequestSchema, { id: s.session.id })));
+    const grpcRun = (url: string, path: string, messages: Uint8Array[]) => () =>
+      grpcLoad({ url, path, headers: grpcMetadata, messages, connections: 4, concurrency: connections, durationMs: seconds * 1000 });
+    const grpcWarm = async (url: string, path: string, messages: Uint8Array[]) => {
+      await grpcLoad({ url, path, headers: grpcMetadata, messages, connections: 4, concurrency: connections, durationMs: 2000 });
+    };
 
-    const update = await load("baseline: node:http + one PK UPDATE", { url: `http://127.0.0.1:${dbBaseline.port}/update`, method: "POST" });
-    const refresh = await load("POST /v1/auth/token/refresh", await refreshLoad(base, headers));
-    console.log(`refresh / UPDATE baseline = ${(refresh / update).toFixed(2)}x`);
+    if (isWanted("gRPC VerifyToken")) {
+      await grpcWarm(base, "/sessions.v1.SessionService/VerifyToken", verifyMessages);
+      await grpcWarm(`http://127.0.0.1:${grpcBaseline.port}`, "/sessions.v1.SessionService/VerifyToken", verifyMessages);
+      rows.push(await compare("gRPC VerifyToken", "≥ 0.9×", 0.9, grpcRun(base, "/sessions.v1.SessionService/VerifyToken", verifyMessages), grpcRun(`http://127.0.0.1:${grpcBaseline.port}`, "/sessions.v1.SessionService/VerifyToken", verifyMessages), "bare @grpc/grpc-js + jose"));
+    }
+    if (isWanted("gRPC GetSession")) {
+      await grpcWarm(base, "/sessions.v1.SessionService/GetSession", getMessages);
+      await grpcWarm(`http://127.0.0.1:${grpcBaseline.port}`, "/sessions.v1.SessionService/GetSession", getMessages);
+      rows.push(await compare("gRPC GetSession", "≥ 0.9×", 0.9, grpcRun(base, "/sessions.v1.SessionService/GetSession", getMessages), grpcRun(`http://127.0.0.1:${grpcBaseline.port}`, "/sessions.v1.SessionService/GetSession", getMessages), "bare @grpc/grpc-js + one PK SELECT"));
+    }
+    if (isWanted("REST verify")) {
+      rows.push(await compare("REST verify (10,000 tokens)", "≥ 1.0×", 1.0, () => httpLoad(verifyRequest(`${base}/v1/sessions/verify`)), () => httpLoad(verifyRequest(`http://127.0.0.1:${verifyBaseline.port}/`)), "bare node:http + jose"));
+    }
+    if (isWanted("Connect JSON verify")) {
+      rows.push(await compare("Connect JSON verify vs REST verify", "≥ 0.9×", 0.9, () => httpLoad(verifyRequest(`${base}/sessions.v1.SessionService/VerifyToken`)), () => httpLoad(verifyRequest(`${base}/v1/sessions/verify`)), "the service's REST verify"));
+    }
+    if (isWanted("REST create")) {
+      const body = JSON.stringify({ user_id: "usr_bench", user_agent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)", ip_address: "203.0.113.42" });
+      rows.push(await compare("REST create", "≥ 0.5×", 0.5, () => httpLoad({ url: `${base}/v1/sessions`, method: "POST", headers, body }), () => httpLoad({ url: `http://127.0.0.1:${dbBaseline.port}/insert`, method: "POST" }), "bare node:http + one INSERT"));
+    }
+    if (isWanted("REST refresh")) {
+      const live = sessions.slice(0, connections * 4).map((s) => s.refresh_token);
+      rows.push(await compare("REST refresh", "≥ 0.5×", 0.5, () => httpLoad({ ...refreshRequests(tenantId, live), url: `${base}/v1/auth/token/refresh` }), () => httpLoad({ url: `http://127.0.0.1:${dbBaseline.port}/update`, method: "POST" }), "bare node:http + one PK UPDATE"));
+    }
+    if (isWanted("list pages")) {
+      rows.push(await compare("list pages of 100 rows", "≥ 2× before", undefined, () => httpLoad({ url: `${base}/v1/sessions?limit=100`, headers }), () => httpLoad({ url: `http://127.0.0.1:${dbBaseline.port}/list` }), "bare node:http + SELECT 100 rows + JSON.stringify"));
+    }
+    if (isScale) rows.push(...(await runScale({ serverUrl, httpLoad, startService, isWanted })));
   } finally {
-    dbBaseline.child.kill();
-    baseline.child.kill();
-    service.child.kill();
+    clearInterval(sampler);
+    for (const child of children) child.kill();
     const conn = await mysql.createConnection(serverUrl);
     await conn.query(`DROP DATABASE IF EXISTS \`${new URL(databaseUrl).pathname.slice(1)}\``);
     await conn.end();
   }
+  const mib = (b: number) => Math.round(b / 2 ** 20);
+  console.log(`RSS of the service: idle ${mib(idleRss)} MiB, peak ${mib(peakRss)} MiB (goal ≤ 100 / ≤ 250)`);
+  const path = await writeReport({ rows, rss: { idleMiB: mib(idleRss), peakMiB: mib(peakRss) }, seconds, runs, connections, isScale });
+  console.log(`results: ${path}`);
 }
 
 await main();

@@ -2,9 +2,11 @@ import { createServer } from "node:http";
 import mysql from "mysql2/promise";
 
 /**
- * The database baseline: a bare node:http server doing one statement per request through a mysql2
+ * The database baselines: a bare node:http server doing one statement per request through a mysql2
  * pool of the service's size on the same server: a single-row INSERT (what a create must at least
- * do) or a primary-key UPDATE (what a refresh must at least do). No auth, no framework, no tokens.
+ * do), a primary-key UPDATE (what a refresh must at least do), or one page of 100 of the tenant's
+ * sessions by index, sent as JSON.stringify of the rows (what a list must at least do). No auth, no
+ * framework, no tokens.
  */
 const pool = mysql.createPool({ uri: process.env.DATABASE_URL as string, connectionLimit: 16 });
 const rows = 1000;
@@ -16,6 +18,14 @@ const server = createServer((req, res) => {
   req.resume();
   req.on("end", async () => {
     try {
+      if (req.url === "/list") {
+        const [page] = await pool.query(
+          "SELECT * FROM sessions WHERE tenant_id = ? AND state = 0 AND ends_at > ? ORDER BY created_at DESC, id DESC LIMIT 100",
+          [process.env.TENANT_ID, new Date()],
+        );
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ data: page }));
+        return;
+      }
       if (req.url === "/insert") await pool.query("INSERT INTO bench_inserts (note, created_at) VALUES (?, ?)", ["bench", new Date()]);
       else await pool.query("UPDATE bench_rows SET n = n + 1 WHERE id = ?", [Math.floor(Math.random() * rows)]);
       res.writeHead(200, { "content-type": "application/json" }).end('{"ok":true}');
