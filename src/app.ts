@@ -1,5 +1,4 @@
-import { createContextValues } from "@connectrpc/connect";
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import type { Config } from "./config.js";
@@ -7,13 +6,14 @@ import { pathOf } from "./logger.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
 import { createOnePort } from "./server/one-port.js";
 import type { Services } from "./services.js";
-import { guardService } from "./transport/guard.js";
+import { createPipeline } from "./transport/pipeline.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
-import { clientIpKey, createRateLimits } from "./transport/rate-limits.js";
+import { createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
 import { registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
 import { registerRpcRoutes } from "./transport/rpc-routes.js";
+import { registerRpcUnary } from "./transport/rpc-unary.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
 
 /** Server timeouts: generous for real clients, short enough that slow or idle ones let go. */
@@ -79,25 +79,28 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     onePort.closeConnections();
   });
 
-  const impl = guardService(
-    SessionService,
-    createSessionHandlers(services.sessionService, services.clock),
-    { authenticator: services.authenticator, log: app.log, metrics, rateLimits: createRateLimits(config.rateLimits) },
-  );
-  // Both transports hand the guard the client's address for per-IP limits.
-  const contextValues = (req: FastifyRequest) => createContextValues().set(clientIpKey, req.ip);
+  // One pipeline for SessionService, whatever protocol carries the call.
+  const methods = createPipeline(SessionService, createSessionHandlers(services.sessionService, services.clock), {
+    authenticator: services.authenticator,
+    log: app.log,
+    metrics,
+    rateLimits: createRateLimits(config.rateLimits),
+  });
   const readiness = async () =>
     isShuttingDown || isDraining?.()
       ? { isReady: false, problems: ["shutting down"] }
       : await services.readiness(readinessProbeTimeoutMs);
   const isServing = async () => (await readiness()).isReady;
 
+  // SessionService's unary RPCs: gRPC, gRPC-Web and Connect through the lean adapters.
+  registerRpcUnary(app, { methods, readMaxBytes: config.bodyLimitBytes });
+  registerRest(app, { service: SessionService, methods });
+  // The streaming services (health Watch, reflection) through connect-es.
   registerRpcRoutes(app, {
     routes(router) {
-      router.service(SessionService, impl);
-      registerHealth(router, isServing);
-      // The served services' files are described already; ErrorInfo only ever travels in error details.
-      registerReflection(router, [file_google_rpc_error_details]);
+      registerHealth(router, isServing, { alsoServing: [SessionService] });
+      // ErrorInfo only ever travels in error details, so nothing else would describe its file.
+      registerReflection(router, { services: [SessionService], files: [file_google_rpc_error_details] });
     },
     readMaxBytes: config.bodyLimitBytes,
     // As on REST: a field the schema does not know is an error, never silently dropped (a typo in a
@@ -106,12 +109,10 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     // Long-lived streams (health Watch) are ended half-way through the drain, so they cannot hold
     // shutdown open until the hard deadline; unary calls finish long before.
     shutdownTimeoutMs: Math.floor(config.shutdownTimeoutMs / 2),
-    contextValues,
     grpcWeb: true,
     connect: true,
     grpc: true,
   });
-  registerRest(app, { service: SessionService, impl, contextValues });
 
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {

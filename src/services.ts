@@ -8,7 +8,7 @@ import { systemClock, type Clock } from "./domain/clock.js";
 import { createPolicySource } from "./domain/policy.js";
 import { createSessionService, type SessionService } from "./domain/session-service.js";
 import { AppError } from "./domain/errors.js";
-import type { TenantStore } from "./domain/ports.js";
+import type { SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger } from "./logger.js";
 import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
@@ -31,6 +31,7 @@ export interface Services {
   sessionService: SessionService;
   authenticator: Authenticator;
   tenantStore: TenantStore;
+  sessionStore: SessionStore;
   retentionSweep: RetentionSweep;
   log: Logger;
   /**
@@ -95,6 +96,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     });
     await keyRing.start();
     const tenantStore = createTenantStore(pool);
+    const sessionStore = createSessionStore(pool);
     const metricsRegistry = new Registry();
     collectDefaultMetrics({ register: metricsRegistry });
     registerKeyRingMetrics(metricsRegistry, keyRing);
@@ -116,7 +118,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       clock,
       keyRing,
       sessionService: createSessionService({
-        sessions: createSessionStore(pool),
+        sessions: sessionStore,
         keys: keyRing,
         clock,
         cursorKey: deriveKey("sessions/cursor-mac/v1"),
@@ -126,6 +128,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       }),
       authenticator: createAuthenticator(tenantStore, clock, config.apiKeyCacheSeconds),
       tenantStore,
+      sessionStore,
       retentionSweep,
       log,
       async readiness(timeoutMs) {

@@ -2,6 +2,7 @@ import { gzipSync } from "node:zlib";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { compressionGzip, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
@@ -34,13 +35,14 @@ describe("body limit", () => {
   it.each([
     ["Connect", () => createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", sendCompression: compressionGzip, compressMinBytes: 1 })],
     ["gRPC", () => createGrpcTransport({ baseUrl: server.url, sendCompression: compressionGzip, compressMinBytes: 1 })],
-  ])("%s: a body that is small compressed but over the limit decompressed is RESOURCE_EXHAUSTED", async (_name, transport) => {
+  ])("%s: a body that is small compressed but over the limit decompressed is INVALID_ARGUMENT payload_too_large", async (_name, transport) => {
     const client = createClient(SessionService, transport());
     const err = await client
       .createSession({ userId: "u", userAgent: "a".repeat(limit * 4) }, { headers: server.tenant.headers })
       .catch((e: unknown) => ConnectError.from(e));
     expect(err).toBeInstanceOf(ConnectError);
-    expect((err as ConnectError).code).toBe(Code.ResourceExhausted);
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((err as ConnectError).findDetails(ErrorInfoSchema)[0]?.reason).toBe("payload_too_large");
     const listed = await fetch(`${server.url}/v1/sessions?user_id=u`, { headers: server.tenant.headers });
     expect(((await listed.json()) as { data: unknown[] }).data).toEqual([]);
   });

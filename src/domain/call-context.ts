@@ -11,7 +11,12 @@ import { AppError } from "./errors.js";
 interface CallContext {
   /** Ms since the epoch; undefined when the client gave no deadline. */
   deadline: number | undefined;
-  signal: AbortSignal | undefined;
+  signal: CancelSignal | undefined;
+}
+
+/** What tells that a call's client went away (an AbortSignal will do). */
+export interface CancelSignal {
+  readonly aborted: boolean;
 }
 
 const storage = new AsyncLocalStorage<CallContext>();
@@ -20,7 +25,7 @@ const storage = new AsyncLocalStorage<CallContext>();
 export const maxDeadlineMs = 30_000;
 
 /** Runs `work` as a call with a deadline `timeoutMs` from now (capped at maxDeadlineMs), if any, and `signal`. */
-export function withCall<T>({ timeoutMs, signal }: { timeoutMs: number | undefined; signal: AbortSignal }, work: () => Promise<T>): Promise<T> {
+export function withCall<T>({ timeoutMs, signal }: { timeoutMs: number | undefined; signal: CancelSignal }, work: () => Promise<T>): Promise<T> {
   const deadline = timeoutMs === undefined ? undefined : Date.now() + Math.min(timeoutMs, maxDeadlineMs);
   return storage.run({ deadline, signal }, work);
 }

@@ -16,7 +16,8 @@ export const errorTable: Record<ErrorCode, { code: Code; status: number }> = {
   not_found: { code: Code.NotFound, status: 404 },
   method_not_allowed: { code: Code.Unimplemented, status: 405 },
   request_timeout: { code: Code.DeadlineExceeded, status: 408 },
-  payload_too_large: { code: Code.ResourceExhausted, status: 413 },
+  // INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the Connect protocol sends that as HTTP 429, which reads as rate limiting.
+  payload_too_large: { code: Code.InvalidArgument, status: 413 },
   uri_too_long: { code: Code.InvalidArgument, status: 414 },
   unsupported_media_type: { code: Code.InvalidArgument, status: 415 },
   headers_too_large: { code: Code.ResourceExhausted, status: 431 },

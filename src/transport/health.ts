@@ -1,10 +1,13 @@
 import { setTimeout as sleep } from "node:timers/promises";
+import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../gen/grpc/health/v1/health_pb.js";
 
 export interface HealthOptions {
   /** How often a Watch call asks isServing() again. Default 5 s. */
   watchIntervalMs?: number;
+  /** Services served on the same port outside this router (SessionService's own adapters). */
+  alsoServing?: DescService[];
 }
 
 /**
@@ -14,10 +17,10 @@ export interface HealthOptions {
 export function registerHealth(
   router: ConnectRouter,
   isServing: () => Promise<boolean> | boolean,
-  { watchIntervalMs = 5_000 }: HealthOptions = {},
+  { watchIntervalMs = 5_000, alsoServing = [] }: HealthOptions = {},
 ): void {
   // Read at call time: services registered on the router after this one count too.
-  const known = () => ["", ...new Set(router.handlers.map((h) => h.service.typeName))];
+  const known = () => ["", ...new Set([...alsoServing, ...router.handlers.map((h) => h.service)].map((s) => s.typeName))];
   const current = async () => {
     const ok = await Promise.resolve().then(isServing).catch(() => false);
     return ok ? Status.SERVING : Status.NOT_SERVING;

@@ -1,12 +1,12 @@
 import { getOption, type DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
 import { is_public } from "../../gen/sessions/v1/options_pb.js";
 import { AppError } from "../domain/errors.js";
+import type { CallInfo } from "./pipeline.js";
 
-/** The client's IP address, put into every call's context by the transport that received it. */
-export const clientIpKey = createContextKey<string>("unknown", { description: "client IP address" });
+/** What a limit needs of a call: who sends it, and where its X-RateLimit-* headers go. */
+type LimitedCall = Pick<CallInfo, "clientIp" | "responseHeaders">;
 
 export interface RateLimitConfig {
   /** Per tenant: RPCs without side effects (list, get, verify). 0: off (the default). */
@@ -35,13 +35,13 @@ export function tierOf(method: DescMethod): Tier {
 
 export interface RateLimits {
   /** Counts one call of a public RPC from this IP; throws rate_limit_exceeded past the per-IP limit. */
-  checkIp(ctx: HandlerContext): Promise<void>;
+  checkIp(call: LimitedCall): Promise<void>;
   /** Throws rate_limit_exceeded when this IP has used up its failed-authentication budget. */
-  checkKeyLookup(ctx: HandlerContext): Promise<void>;
+  checkKeyLookup(call: LimitedCall): Promise<void>;
   /** Counts one failed authentication from this IP. */
-  countAuthFailure(ctx: HandlerContext): Promise<void>;
+  countAuthFailure(call: LimitedCall): Promise<void>;
   /** Counts one call against the tenant's tier and reports the budget in X-RateLimit-* headers. */
-  checkTenant(ctx: HandlerContext, tier: Tier, tenantId: string): Promise<void>;
+  checkTenant(call: LimitedCall, tier: Tier, tenantId: string): Promise<void>;
 }
 
 /**
@@ -61,7 +61,7 @@ export function createRateLimits(config: RateLimitConfig): RateLimits {
     refresh: limiter(config.refreshPerMinute),
   };
 
-  async function take(rl: RateLimiterMemory, key: string, ctx: HandlerContext, isReported: boolean): Promise<void> {
+  async function take(rl: RateLimiterMemory, key: string, call: LimitedCall, isReported: boolean): Promise<void> {
     let res: RateLimiterRes;
     let isExceeded = false;
     try {
@@ -72,33 +72,33 @@ export function createRateLimits(config: RateLimitConfig): RateLimits {
       isExceeded = true;
     }
     if (isReported || isExceeded) {
-      ctx.responseHeader.set("x-ratelimit-limit", String(rl.points));
-      ctx.responseHeader.set("x-ratelimit-remaining", String(Math.max(0, res.remainingPoints)));
-      ctx.responseHeader.set("x-ratelimit-reset", String(Math.ceil((Date.now() + res.msBeforeNext) / 1000)));
+      call.responseHeaders.set("x-ratelimit-limit", String(rl.points));
+      call.responseHeaders.set("x-ratelimit-remaining", String(Math.max(0, res.remainingPoints)));
+      call.responseHeaders.set("x-ratelimit-reset", String(Math.ceil((Date.now() + res.msBeforeNext) / 1000)));
     }
-    if (isExceeded) throw exceeded(ctx, res.msBeforeNext);
+    if (isExceeded) throw exceeded(call, res.msBeforeNext);
   }
 
   return {
-    async checkIp(ctx) {
-      if (ip) await take(ip, ctx.values.get(clientIpKey), ctx, false);
+    async checkIp(call) {
+      if (ip) await take(ip, call.clientIp, call, false);
     },
-    async checkKeyLookup(ctx) {
-      const used = authFailures ? await authFailures.get(ctx.values.get(clientIpKey)) : null;
-      if (authFailures && used !== null && used.consumedPoints >= authFailures.points) throw exceeded(ctx, used.msBeforeNext);
+    async checkKeyLookup(call) {
+      const used = authFailures ? await authFailures.get(call.clientIp) : null;
+      if (authFailures && used !== null && used.consumedPoints >= authFailures.points) throw exceeded(call, used.msBeforeNext);
     },
-    async countAuthFailure(ctx) {
-      await authFailures?.penalty(ctx.values.get(clientIpKey), 1);
+    async countAuthFailure(call) {
+      await authFailures?.penalty(call.clientIp, 1);
     },
-    async checkTenant(ctx, tier, tenantId) {
+    async checkTenant(call, tier, tenantId) {
       const rl = tiers[tier];
-      if (rl) await take(rl, tier === "refresh" ? `${tenantId}|${ctx.values.get(clientIpKey)}` : tenantId, ctx, true);
+      if (rl) await take(rl, tier === "refresh" ? `${tenantId}|${call.clientIp}` : tenantId, call, true);
     },
   };
 }
 
-function exceeded(ctx: HandlerContext, msBeforeNext: number): AppError {
+function exceeded(call: LimitedCall, msBeforeNext: number): AppError {
   const retryAfterSeconds = Math.max(1, Math.ceil(msBeforeNext / 1000));
-  ctx.responseHeader.set("retry-after", String(retryAfterSeconds));
+  call.responseHeaders.set("retry-after", String(retryAfterSeconds));
   return new AppError("rate_limit_exceeded", `rate limit exceeded; retry after ${retryAfterSeconds} seconds`);
 }

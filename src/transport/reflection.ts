@@ -1,4 +1,4 @@
-import { createRegistry, type DescFile, type Registry, toBinary } from "@bufbuild/protobuf";
+import { createRegistry, type DescFile, type DescService, type Registry, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { Code, type ConnectRouter } from "@connectrpc/connect";
 import * as v1 from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -22,14 +22,14 @@ interface Index {
 
 /**
  * Registers gRPC server reflection (grpc.reflection.v1 and v1alpha). It lists the services the
- * router serves, reflection itself included, and describes their files; `files` adds more (for
- * example types only ever packed in an Any). Every answer carries the transitive imports, less
+ * router serves, reflection itself included, and `services` served beside it, and describes their
+ * files; `files` adds more (for example types only ever packed in an Any). Every answer carries the transitive imports, less
  * those already sent on the same stream, as grpc-go does.
  */
-export function registerReflection(router: ConnectRouter, files: Iterable<DescFile> = []): void {
+export function registerReflection(router: ConnectRouter, { services = [], files = [] }: { services?: DescService[]; files?: DescFile[] } = {}): void {
   let index: Index | undefined;
   // Built on first use, when every service has been registered.
-  const getIndex = () => (index ??= buildIndex(router, files));
+  const getIndex = () => (index ??= buildIndex(router, services, files));
 
   async function* serverReflectionInfo<R extends { host: string; messageRequest: MessageRequest }>(
     requests: AsyncIterable<R>,
@@ -44,16 +44,17 @@ export function registerReflection(router: ConnectRouter, files: Iterable<DescFi
   router.service(v1alpha.ServerReflection, { serverReflectionInfo });
 }
 
-function buildIndex(router: ConnectRouter, extra: Iterable<DescFile>): Index {
-  const services = [...new Set(router.handlers.map((h) => h.service.typeName))];
+function buildIndex(router: ConnectRouter, extraServices: DescService[], extraFiles: DescFile[]): Index {
+  const served = [...extraServices, ...router.handlers.map((h) => h.service)];
+  const services = [...new Set(served.map((s) => s.typeName))];
   const files = new Map<string, DescFile>();
   const add = (file: DescFile): void => {
     if (files.has(file.proto.name)) return;
     files.set(file.proto.name, file);
     file.dependencies.forEach(add);
   };
-  for (const h of router.handlers) add(h.service.file);
-  for (const file of extra) add(file);
+  for (const service of served) add(service.file);
+  for (const file of extraFiles) add(file);
   return { services, files, registry: createRegistry(...files.values()) };
 }
 

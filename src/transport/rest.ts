@@ -1,30 +1,14 @@
 import { randomUUID } from "node:crypto";
-import { STATUS_CODES, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
+import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import type { Socket } from "node:net";
-import {
-  type DescMessage,
-  type DescMethod,
-  type DescService,
-  type Message,
-  type MessageInitShape,
-  create,
-  getOption,
-  hasOption,
-} from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  type ContextValues,
-  type HandlerContext,
-  type ServiceImpl,
-  createContextValues,
-} from "@connectrpc/connect";
+import { type DescMethod, type DescService, type Message, getOption, hasOption } from "@bufbuild/protobuf";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions, RouteOptions } from "fastify";
 import { http } from "../../gen/google/api/annotations_pb.js";
 import { http_success_code } from "../../gen/sessions/v1/options_pb.js";
 import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
+import { callInfoOf, type PipelineMethod } from "./pipeline.js";
 import { parseStrictJson } from "./strict-json.js";
 import { type RestParams, fromRestJson, fromRestParams, toRestJson } from "./rest-json.js";
 
@@ -91,20 +75,12 @@ function routeOf(method: DescMethod): RestRoute {
   return { httpMethod, template, url: `/${url.join("/")}`, method, body, responseBody, successCode };
 }
 
-type UnaryHandler = (
-  request: Message,
-  ctx: HandlerContext,
-) => Promise<MessageInitShape<DescMessage>> | MessageInitShape<DescMessage>;
-
 /**
  * Serves the service's annotated RPCs as REST JSON, calling the same implementation object the
  * Connect router gets. Routes live in their own fastify scope, which reads only JSON bodies
  * (anything else is 415) and answers every failure with the REST error envelope.
  */
-export function registerRest<S extends DescService>(
-  app: FastifyInstance,
-  opts: { service: S; impl: Partial<ServiceImpl<S>>; contextValues?: (request: FastifyRequest) => ContextValues },
-): void {
+export function registerRest(app: FastifyInstance, opts: { service: DescService; methods: ReadonlyMap<string, PipelineMethod> }): void {
   const routes = restRoutesOf(opts.service);
   app.register(async (scope) => {
     scope.setErrorHandler(restErrorHandler);
@@ -132,7 +108,7 @@ export function registerRest<S extends DescService>(
         // DELETE /v1/sessions {"user_id": …}) would otherwise be ignored and the call would act on
         // everything its query string selects.
         ...(route.body === "" ? { onRequest: refuseBody } : {}),
-        handler: restHandler(route, opts.impl, opts.contextValues),
+        handler: restHandler(route, opts.methods.get(`/${opts.service.typeName}/${route.method.name}`)),
       });
     }
   });
@@ -152,34 +128,14 @@ function hasBody(raw: IncomingMessage | Http2ServerRequest): boolean {
   return "stream" in raw && !raw.stream.endAfterHeaders;
 }
 
-function restHandler(route: RestRoute, impl: object, contextValues?: (request: FastifyRequest) => ContextValues) {
+function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
   const { method, body } = route;
-  const handler = (impl as Record<string, UnaryHandler | undefined>)[method.localName];
   const pathFields = new Set(route.url.split("/").filter((s) => s.startsWith(":")).map((s) => s.slice(1)));
   const boundFields = new Set([...pathFields, ...(body === "*" ? method.input.fields.map((f) => f.name) : body ? [body] : [])]);
 
   return async (request: FastifyRequest, reply: FastifyReply) => {
-    // As in connect-node: the response's close event, not the request's (which fires once the
-    // body is read), tells that the client went away.
-    const disconnected = new AbortController();
-    // Only a close before the response finished is a disconnect; aborting costs a DOMException.
-    reply.raw.once("close", () => reply.raw.writableFinished || disconnected.abort());
-    // Built directly rather than with createHandlerContext, which copies every header set and links
-    // two more abort controllers per call: REST calls have no deadline to link, and this is the
-    // verify hot path.
-    const ctx: HandlerContext = {
-      service: method.parent,
-      method,
-      protocolName: "rest",
-      requestMethod: request.method,
-      url: `${request.protocol}://${request.host}${request.url}`,
-      requestHeader: headersOf(request.headers),
-      responseHeader: new Headers(),
-      responseTrailer: new Headers(),
-      signal: disconnected.signal,
-      timeoutMs: () => undefined,
-      values: contextValues?.(request) ?? createContextValues(),
-    };
+    if (target === undefined) throw new AppError("not_found", `${method.parent.typeName}.${method.name} is not served`);
+    const info = callInfoOf(request, reply, "rest", undefined);
     let output: Message;
     try {
       if (isInvalidQuery(request.query)) throw new AppError("invalid_request", "the query string is not valid: use percent-encoded UTF-8");
@@ -187,11 +143,10 @@ function restHandler(route: RestRoute, impl: object, contextValues?: (request: F
       const input = fromRestJson(method.input, bodyJson, { exclude: pathFields });
       fromRestParams(method.input, request.query as RestParams, { into: input, exclude: boundFields });
       fromRestParams(method.input, request.params as RestParams, { into: input });
-      if (!handler) throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
-      output = create(method.output, await handler.call(impl, input, ctx));
+      output = await target.run(input, info);
     } finally {
-      // As in Connect, headers the handler set go out with errors too.
-      ctx.responseHeader.forEach((value, key) => reply.header(key, value));
+      // Headers the pipeline set (rate limits, no-store, Retry-After) go out with errors too.
+      for (const [key, value] of info.responseHeaders) reply.header(key, value);
     }
     if (route.successCode === 204) return reply.code(204).send();
     const json = toRestJson(method.output, output);
@@ -322,7 +277,7 @@ function markInvalid(params: Record<string, string | string[]>) {
   return params;
 }
 
-function isInvalidQuery(query: unknown): boolean {
+export function isInvalidQuery(query: unknown): boolean {
   return typeof query === "object" && query !== null && invalidQuery in query;
 }
 
@@ -351,14 +306,4 @@ function fromFastify(error: FastifyError): unknown {
 
 function sendJson(reply: FastifyReply, status: number, json: unknown): FastifyReply {
   return reply.code(status).type("application/json; charset=utf-8").send(JSON.stringify(json));
-}
-
-function headersOf(incoming: IncomingHttpHeaders): Headers {
-  const headers = new Headers();
-  for (const [key, value] of Object.entries(incoming)) {
-    // HTTP/2 pseudo-headers are not valid header names.
-    if (key.startsWith(":") || value === undefined) continue;
-    for (const v of Array.isArray(value) ? value : [value]) headers.append(key, v);
-  }
-  return headers;
 }

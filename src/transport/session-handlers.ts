@@ -1,19 +1,18 @@
-import type { ServiceImpl } from "@connectrpc/connect";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
 import type { Clock } from "../domain/clock.js";
 import type { SessionService } from "../domain/session-service.js";
 import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "./converters.js";
-import { callerOf } from "./guard.js";
+import type { Handlers } from "./pipeline.js";
 
 /**
- * The RPC handlers: convert in, call the domain, convert out. Authentication and error mapping
- * happen around them (guard.ts), for every protocol alike.
+ * The RPC handlers: convert in, call the domain, convert out. Authentication, limits and error
+ * mapping happen around them (pipeline.ts), for every protocol alike.
  */
-export function createSessionHandlers(service: SessionService, clock: Clock): ServiceImpl<typeof SessionServiceDesc> {
+export function createSessionHandlers(service: SessionService, clock: Clock): Handlers<typeof SessionServiceDesc> {
   return {
-    async listSessions(req, ctx) {
-      const page = await service.list(callerOf(ctx).tenantId, {
+    async listSessions(req, { caller }) {
+      const page = await service.list(caller.tenantId, {
         userId: req.userId,
         status: fromProtoStatus(req.status),
         limit: req.limit,
@@ -26,25 +25,23 @@ export function createSessionHandlers(service: SessionService, clock: Clock): Se
       };
     },
 
-    async getSession(req, ctx) {
-      const session = await service.get(callerOf(ctx).tenantId, req.id);
+    async getSession(req, { caller }) {
+      const session = await service.get(caller.tenantId, req.id);
       return { session: toProtoSession(session, clock.now()) };
     },
 
-    async revokeSession(req, ctx) {
-      const { tenantId, keyId } = callerOf(ctx);
+    async revokeSession(req, { caller: { tenantId, keyId } }) {
       await service.revoke(tenantId, req.id, keyId);
       return {};
     },
 
-    async revokeSessions(req, ctx) {
-      const { tenantId, keyId } = callerOf(ctx);
+    async revokeSessions(req, { caller: { tenantId, keyId } }) {
       const revoked = await service.revokeAll(tenantId, { userId: req.userId, exceptSessionId: req.exceptSessionId }, keyId);
       return { revoked };
     },
 
-    async verifyToken(req, ctx) {
-      const result = await service.verify(callerOf(ctx).tenantId, req.token);
+    async verifyToken(req, { caller }) {
+      const result = await service.verify(caller.tenantId, req.token);
       if (!result.valid) return { valid: false, error: { code: result.code, message: result.message } };
       return {
         valid: true,
@@ -58,8 +55,8 @@ export function createSessionHandlers(service: SessionService, clock: Clock): Se
       };
     },
 
-    async createSession(req, ctx) {
-      const pair = await service.create(callerOf(ctx).tenantId, {
+    async createSession(req, { caller }) {
+      const pair = await service.create(caller.tenantId, {
         userId: req.userId,
         userAgent: req.userAgent,
         ipAddress: req.ipAddress,
@@ -78,8 +75,8 @@ export function createSessionHandlers(service: SessionService, clock: Clock): Se
       };
     },
 
-    async refreshSession(req, ctx) {
-      const pair = await service.refresh(callerOf(ctx).tenantId, req.refreshToken);
+    async refreshSession(req, { caller }) {
+      const pair = await service.refresh(caller.tenantId, req.refreshToken);
       return {
         sessionId: pair.session.id,
         accessToken: pair.accessToken,

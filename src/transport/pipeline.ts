@@ -1,0 +1,143 @@
+import { create, getOption, type DescMethod, type DescService, type Message, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import type { ServerResponse } from "node:http";
+import type { Http2ServerResponse } from "node:http2";
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from "fastify";
+import { is_public, no_store } from "../../gen/sessions/v1/options_pb.js";
+import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
+import { throwIfCancelled, withCall, type CancelSignal } from "../domain/call-context.js";
+import { AppError } from "../domain/errors.js";
+import type { Metrics } from "./metrics.js";
+import { tierOf, type RateLimits } from "./rate-limits.js";
+
+/** The protocols that carry unary calls, each with its own adapter (REST, gRPC, gRPC-Web, Connect). */
+export type Protocol = "rest" | "grpc" | "grpcweb" | "connect";
+
+/** What a protocol adapter knows of a call before the pipeline runs it. */
+export interface CallInfo {
+  protocol: Protocol;
+  /** A request header (or gRPC metadata entry) by lower-case name; null when absent. */
+  header(name: string): string | null;
+  clientIp: string;
+  /** The client's deadline in ms from now (grpc-timeout, connect-timeout-ms); undefined without one. */
+  timeoutMs: number | undefined;
+  /** True once the client has gone away (a reset stream, a closed connection). */
+  readonly signal: CancelSignal;
+  /** Headers the response carries, errors included (rate limits, no-store, Retry-After). */
+  responseHeaders: Map<string, string>;
+}
+
+/** A call as handlers see it: the adapter's description plus the authenticated caller. */
+export interface Call extends CallInfo {
+  method: DescMethod;
+  caller: Caller;
+}
+
+/** One handler per unary RPC: convert in, call the domain, convert out. */
+export type Handlers<S extends DescService> = {
+  [K in keyof S["method"]]: (
+    request: MessageShape<S["method"][K]["input"]>,
+    call: Call,
+  ) => Promise<MessageInitShape<S["method"][K]["output"]>>;
+};
+
+export interface PipelineDeps {
+  authenticator: Authenticator;
+  log: FastifyBaseLogger;
+  metrics: Metrics;
+  rateLimits: RateLimits;
+}
+
+/** A unary RPC behind the pipeline, as every adapter calls it. */
+export interface PipelineMethod {
+  method: DescMethod;
+  /**
+   * Runs the call and resolves with the response message, or rejects with an AppError: anything
+   * else thrown (a bug, a driver error not translated) becomes a generic `internal`, logged here and
+   * nowhere else.
+   */
+  run(request: Message, info: CallInfo): Promise<Message>;
+}
+
+/** Retry-After on 503: a failover or a restart takes seconds; one second apart spreads retries out. */
+const retryAfterUnavailableSeconds = 1;
+
+/**
+ * The one request pipeline, the same for every protocol: metrics, rate limits (per IP for public
+ * RPCs and for failed authentications, per tenant after authentication), authentication (secret
+ * key + X-Tenant-ID, or the tenant header alone for RPCs marked `is_public`), no-store headers for
+ * RPCs marked `no_store`, the client's deadline and cancellation for all of it, authentication
+ * included, and one error mapping. Returns the RPCs by their path (`/pkg.Service/Method`).
+ */
+export function createPipeline<S extends DescService>(service: S, handlers: Handlers<S>, deps: PipelineDeps): Map<string, PipelineMethod> {
+  async function authenticate(info: CallInfo): Promise<Caller> {
+    try {
+      return await deps.authenticator.authenticate(info.header("authorization"), info.header("x-tenant-id"), () => deps.rateLimits.checkKeyLookup(info));
+    } catch (err) {
+      if (err instanceof AppError && err.code === "invalid_api_key") await deps.rateLimits.countAuthFailure(info);
+      throw err;
+    }
+  }
+  /** The public RPC (refresh) names its tenant only; it is limited per client IP before anything else. */
+  async function publicCaller(info: CallInfo): Promise<Caller> {
+    await deps.rateLimits.checkIp(info);
+    return { tenantId: requireTenantId(info.header("x-tenant-id")), keyId: null };
+  }
+
+  const methods = new Map<string, PipelineMethod>();
+  for (const method of service.methods) {
+    const handler = (handlers as unknown as Record<string, (req: Message, call: Call) => Promise<object>>)[method.localName];
+    if (method.methodKind !== "unary" || handler === undefined) throw new Error(`${service.typeName}.${method.name}: only unary RPCs with a handler go through the pipeline`);
+    const isPublic = getOption(method, is_public);
+    const isNoStore = getOption(method, no_store);
+    const tier = tierOf(method);
+    methods.set(`/${service.typeName}/${method.name}`, {
+      method,
+      async run(request, info) {
+        const stop = deps.metrics.startRpc(method.name, info.protocol);
+        // Responses that carry tokens must never be stored by a cache or a browser.
+        if (isNoStore) info.responseHeaders.set("cache-control", "no-store").set("pragma", "no-cache");
+        try {
+          const response = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
+            throwIfCancelled();
+            const caller = isPublic ? await publicCaller(info) : await authenticate(info);
+            await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
+            throwIfCancelled();
+            return handler(request, { ...info, method, caller });
+          });
+          stop("ok");
+          return create(method.output, response as never);
+        } catch (err) {
+          const error = err instanceof AppError ? err : new AppError("internal", "internal error", undefined, { cause: err });
+          stop(error.code);
+          if (error.code === "internal") deps.log.error({ err: error.cause ?? err, rpc: method.name }, "internal error");
+          // The database is failing over, read-only or down: worth a retry, soon.
+          if (error.code === "unavailable") info.responseHeaders.set("retry-after", String(retryAfterUnavailableSeconds));
+          throw error;
+        }
+      },
+    });
+  }
+  return methods;
+}
+
+/** A call's description from the fastify request that carries it, for every adapter alike. */
+export function callInfoOf(request: FastifyRequest, reply: FastifyReply, protocol: Protocol, timeoutMs: number | undefined): CallInfo {
+  const raw = reply.raw as ServerResponse | Http2ServerResponse;
+  const { headers } = request;
+  return {
+    protocol,
+    header(name) {
+      const value = headers[name];
+      return value === undefined ? null : Array.isArray(value) ? value.join(", ") : value;
+    },
+    clientIp: request.ip,
+    timeoutMs,
+    // Read when asked (before each expensive step), so a call costs no listener or AbortController.
+    signal: {
+      get aborted() {
+        return "stream" in raw ? raw.stream.destroyed && !raw.writableFinished : raw.socket === null || raw.socket.destroyed;
+      },
+    },
+    responseHeaders: new Map(),
+  };
+}
