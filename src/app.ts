@@ -11,7 +11,7 @@ import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
 import { createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
-import { registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
+import { refuseOnResponse, refuseOnSocket, registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
 import { registerRpcRoutes } from "./transport/rpc-routes.js";
 import { registerRpcUnary } from "./transport/rpc-unary.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
@@ -45,6 +45,18 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     maxConcurrentStreams: 100,
     maxConnections: config.maxConnections,
     maxPendingRequests: config.maxPendingRequests,
+    // What the port refuses before fastify sees it still answers in the REST envelope, and is logged.
+    refuse: {
+      onResponse: (req, res, reason) => {
+        const message = reason === "headers_too_large" ? "the request headers are too large" : `${req.method} is not an HTTP method this service knows`;
+        const reqId = refuseOnResponse(req, res, reason, message);
+        services.log.info({ reqId, code: reason }, "request refused before routing");
+      },
+      onSocket: (socket) => {
+        const reqId = refuseOnSocket(socket, "method_not_allowed", "CONNECT is not supported: this is not a proxy");
+        services.log.info({ reqId, code: "method_not_allowed", status: 405 }, "request refused before routing");
+      },
+    },
   });
   const app = Fastify({
     serverFactory: onePort.serverFactory,

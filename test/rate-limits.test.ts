@@ -85,6 +85,22 @@ describe("per-IP limits", () => {
     }
   });
 
+  it("spare a working key after its cache entry expired, while keys never seen from a flooding address wait", async () => {
+    // No cache at all: every call looks its key up, as after any cache entry expires.
+    const flooded = await startTestServer({ env: { RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: "5", API_KEY_CACHE_SECONDS: "0" } });
+    try {
+      const other = await flooded.addTenant("neighbour");
+      const list = (headers: Record<string, string>) => fetch(`${flooded.url}/v1/sessions`, { headers }).then((r) => r.status);
+      expect(await list(flooded.tenant.headers)).toBe(200);
+      for (let i = 0; i < 8; i++) await list({ authorization: `Bearer sk_live_${String(i).padStart(43, "y")}`, "x-tenant-id": flooded.tenant.id });
+      for (let i = 0; i < 3; i++) expect(await list(flooded.tenant.headers)).toBe(200);
+      // A key this instance has not seen work is not looked up for this address until the window ends.
+      expect(await list(other.headers)).toBe(429);
+    } finally {
+      await flooded.close();
+    }
+  });
+
   it("limit the public refresh per client address, as X-Forwarded-For says only with TRUST_PROXY", async () => {
     for (const [trustProxy, expected] of [
       ["", [200, 200, 429, 429]],

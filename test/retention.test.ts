@@ -115,6 +115,15 @@ describe("retention sweep", () => {
       expect(await waiter.retentionSweep.sweepOnce()).toBeUndefined();
       clock.advance(61 * 60_000);
       expect(await waiter.retentionSweep.sweepOnce()).toBeDefined();
+      // A holder that shuts down hands the lease over at once.
+      const third = await openServices({ ...config }, { clock });
+      try {
+        expect(await third.retentionSweep.sweepOnce()).toBeUndefined();
+        await waiter.retentionSweep.stop();
+        expect(await third.retentionSweep.sweepOnce()).toBeDefined();
+      } finally {
+        await third.close();
+      }
     } finally {
       await peer.close();
     }

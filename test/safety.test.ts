@@ -1,3 +1,4 @@
+import http2 from "node:http2";
 import net from "node:net";
 import { Writable } from "node:stream";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -136,6 +137,9 @@ describe("refresh: a grace retry hands out the same successor", () => {
     expect(await getSession(late.session.id)).toMatchObject({ status: "revoked", revoke_reason: "refresh_token_reuse" });
     expect((await refresh(t1)).json?.error.code).toBe("session_revoked");
 
+    // The end is recorded at a whole second, as every instant the API shows.
+    expect((await getSession(late.session.id)).revoked_at).toMatch(/:\d\dZ$/);
+
     const early = await create("usr_reuse_early");
     const e1 = (await refresh(early.refresh_token)).json?.refresh_token as string;
     expect((await refresh(e1)).status).toBe(200);
@@ -225,23 +229,47 @@ describe("destructive calls need explicit intent", () => {
     expect((await getSession(victim.session.id)).status).toBe("active");
   });
 
-  it("an empty user_id over gRPC and Connect is INVALID_ARGUMENT; leaving it out revokes the whole tenant, as on REST", async () => {
+  it("over gRPC and Connect a missing, null or empty user_id is INVALID_ARGUMENT; only all_users revokes every user", async () => {
     const tenant = await server.addTenant("explicit");
     const other = { ...server, tenant } as TestServer;
     const victim = await create("usr_rpc_victim", other);
     const client = grpcClient(SessionService, `127.0.0.1:${server.port}`);
     const connect = createClient(SessionService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const maybeMissing: { id?: string } = {};
     try {
-      const err = (await callUnary(client, "revokeSessions", { userId: "" }, tenant.headers).catch((e: unknown) => e)) as grpc.ServiceError;
-      expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
-      const cerr = await connect.revokeSessions({ userId: "" }, { headers: tenant.headers }).catch((e: unknown) => ConnectError.from(e));
-      expect((cerr as ConnectError).code).toBe(Code.InvalidArgument);
+      for (const request of [{ userId: "" }, {}, { userId: maybeMissing.id }, { exceptSessionId: victim.session.id }]) {
+        const err = (await callUnary(client, "revokeSessions", request, tenant.headers).catch((e: unknown) => e)) as grpc.ServiceError;
+        expect(err.code, JSON.stringify(request)).toBe(grpc.status.INVALID_ARGUMENT);
+        const cerr = await connect.revokeSessions(request, { headers: tenant.headers }).catch((e: unknown) => ConnectError.from(e));
+        expect((cerr as ConnectError).code).toBe(Code.InvalidArgument);
+      }
+      for (const body of ['{"user_id": null}', "{}", '{"userId": ""}', '{"allUsers": true, "userId": "u"}']) {
+        const res = await fetch(`${server.url}/sessions.v1.SessionService/RevokeSessions`, { method: "POST", headers: { ...tenant.headers, "content-type": "application/json" }, body });
+        expect(res.status, body).toBe(400);
+      }
       expect((await getSessionOf(other, victim.session.id)).status).toBe("active");
-      const all = await callUnary<{ revoked: number }>(client, "revokeSessions", {}, tenant.headers);
+      // Over REST the seed's call still means every user, and all_users may be said there too.
+      const restAll = await call(other, "DELETE", "/v1/sessions?all_users=true&user_id=x");
+      expect(restAll.status).toBe(400);
+      const all = await callUnary<{ revoked: number }>(client, "revokeSessions", { allUsers: true }, tenant.headers);
       expect(all.revoked).toBe(1);
     } finally {
       client.close();
     }
+  });
+
+  it("a status filter must name a status: an explicit unspecified is 400, not \"no filter\"", async () => {
+    for (const status of ["unspecified", "SESSION_STATUS_UNSPECIFIED", "0"]) {
+      const res = await call(server, "GET", `/v1/sessions?status=${status}`);
+      expect(res.status, status).toBe(400);
+      expect(res.json?.error.field).toBe("status");
+    }
+    const connect = await fetch(`${server.url}/sessions.v1.SessionService/ListSessions`, {
+      method: "POST",
+      headers: { ...server.tenant.headers, "content-type": "application/json" },
+      body: '{"status": 0}',
+    });
+    expect(connect.status).toBe(400);
   });
 
   it("unknown fields are refused on Connect JSON as on REST", async () => {
@@ -294,6 +322,19 @@ describe("identifiers match byte for byte", () => {
     for (const method of ["GET", "DELETE"]) {
       expect((await call(server, method, `/v1/sessions?user_id=${q}`)).json?.error).toMatchObject({ code: "invalid_request", field: "user_id" });
     }
+  });
+
+  it("a raw + in the query string is refused: it could mean a plus or a space, and either guess could touch another user", async () => {
+    const plus = await create("john+tag@example.com");
+    const spaced = await create("john tag@example.com");
+    for (const method of ["GET", "DELETE"]) {
+      const res = await call(server, method, "/v1/sessions?user_id=john+tag@example.com");
+      expect(res.status).toBe(400);
+      expect(res.json?.error.message).toMatch(/%2B/);
+    }
+    const listed = await call(server, "GET", "/v1/sessions?user_id=john%2Btag%40example.com");
+    expect((listed.json?.data as Json[]).map((s) => s.id)).toEqual([plus.session.id]);
+    expect((await getSession(spaced.session.id)).status).toBe("active");
   });
 
   it("counts length limits in characters: 255 emoji are a valid user id, stored and found again exactly", async () => {
@@ -358,6 +399,9 @@ describe("every error in the envelope", () => {
     ["oversized headers", () => get("/healthz", `X-Big: ${"a".repeat(20_000)}\r\n`), 431, "headers_too_large"],
     ["a malformed request", () => rawHttp("GET /healthz HTTP/1.1\r\nHost x\r\n\r\n"), 400, "invalid_request"],
     ["an unknown route", () => get("/v2/nothing"), 404, "not_found"],
+    ["an HTTP/1.1 request without Host", () => rawHttp("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"), 400, "invalid_request"],
+    ["CONNECT (this is no proxy)", () => rawHttp("CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"), 405, "method_not_allowed"],
+    ["a body on GET, on any route", () => rawHttp("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"), 400, "invalid_request"],
   ])("%s", async (_name, send, status, code) => {
     expectEnvelope(await send(), status, code);
   });
@@ -369,6 +413,39 @@ describe("every error in the envelope", () => {
     expect(logLines.some((l) => l.includes(id) && l.includes('"status":405'))).toBe(true);
     const refused = expectEnvelope(await get("/healthz", `X-Big: ${"a".repeat(20_000)}\r\n`), 431, "headers_too_large");
     expect(logLines.some((l) => l.includes(refused))).toBe(true);
+  });
+
+  it("over HTTP/2: too large a header block is 431 in the envelope (with the client's request id), and an empty DATA frame is no body", async () => {
+    const session = http2.connect(server.url);
+    session.on("error", () => undefined);
+    const h2 = (headers: http2.OutgoingHttpHeaders, end: (s: http2.ClientHttp2Stream) => void) =>
+      new Promise<{ status: number; headers: http2.IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const stream = session.request(headers, { endStream: false });
+        let response: http2.IncomingHttpHeaders = {};
+        const chunks: Buffer[] = [];
+        stream.on("response", (h) => (response = h));
+        stream.on("data", (d: Buffer) => chunks.push(d));
+        stream.on("error", reject);
+        stream.on("close", () => resolve({ status: Number(response[":status"]), headers: response, body: Buffer.concat(chunks).toString() }));
+        end(stream);
+      });
+    try {
+      const big = await h2({ ":path": "/healthz", "x-big": "b".repeat(17_000), "x-request-id": "trace-431" }, (s) => s.end());
+      expect(big.status).toBe(431);
+      expect(JSON.parse(big.body).error).toMatchObject({ code: "headers_too_large", status: 431, request_id: "trace-431" });
+      const victim = await create("usr_h2_empty_data");
+      const emptyData = await h2({ ":method": "DELETE", ":path": "/v1/sessions?user_id=usr_h2_empty_data", ...server.tenant.headers }, (s) => s.end(Buffer.alloc(0)));
+      expect(emptyData.status).toBe(200);
+      expect(JSON.parse(emptyData.body)).toEqual({ revoked: 1 });
+      expect((await getSession(victim.session.id)).status).toBe("revoked");
+      const withBody = await h2({ ":method": "DELETE", ":path": "/v1/sessions?user_id=usr_h2_empty_data", ...server.tenant.headers }, (s) => s.end("{}"));
+      expect(withBody.status).toBe(400);
+      const unknownMethod = await h2({ ":method": "FOO", ":path": "/v1/sessions" }, (s) => s.end());
+      expect(unknownMethod.status).toBe(405);
+      expect(JSON.parse(unknownMethod.body).error.code).toBe("method_not_allowed");
+    } finally {
+      session.close();
+    }
   });
 
   it("accepts a well-formed X-Request-ID and echoes it; replaces one that is not", async () => {

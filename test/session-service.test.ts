@@ -142,19 +142,19 @@ describe("revoke", () => {
     const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, createInput({ userId: user }))));
     const other = await services.sessionService.create(tenantA, createInput({ userId: `${user}_other` }));
     const keep = pairs[0]!.session.id;
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(2);
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(0);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep, isAllUsers: false }, null)).toBe(2);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep, isAllUsers: false }, null)).toBe(0);
     expect((await services.sessionService.get(tenantA, keep)).recordedEnd).toBeNull();
     expect((await services.sessionService.get(tenantA, other.session.id)).recordedEnd).toBeNull();
     expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).recordedEnd?.reason).toBe("revoked_all");
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined }, null)).toBe(1);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined, isAllUsers: false }, null)).toBe(1);
   });
 
   it("revoke-all catches a session created in the same millisecond", async () => {
     const tenant = newId("tnt");
     const before = await services.sessionService.create(tenant, createInput());
     const racing = services.sessionService.create(tenant, createInput());
-    const revoked = await services.sessionService.revokeAll(tenant, { userId: undefined, exceptSessionId: undefined }, null);
+    const revoked = await services.sessionService.revokeAll(tenant, { isAllUsers: true }, null);
     const created = await racing;
     const states = await Promise.all([before, created].map((p) => services.sessionService.verify(tenant, p.accessToken)));
     // Whichever order the two statements ran in, the count matches what was revoked.

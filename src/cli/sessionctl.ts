@@ -1,7 +1,8 @@
 import { Command, Option } from "commander";
 import { loadConfig, type Config } from "../config.js";
 import { mintApiKey } from "../domain/api-keys.js";
-import { systemClock } from "../domain/clock.js";
+import { AppError } from "../domain/errors.js";
+import { systemClock, wholeSeconds } from "../domain/clock.js";
 import type { SessionPolicy, Tenant } from "../domain/model.js";
 import { defaultPolicy, validatePolicy } from "../domain/policy.js";
 import { purge, retentionCutoff } from "../domain/retention.js";
@@ -15,6 +16,11 @@ import { createSigningKeyStore } from "../store/signing-key-store.js";
 import { createTenantStore } from "../store/tenant-store.js";
 
 /** The admin CLI. It reads DATABASE_URL like the server and migrates the same way before it acts. */
+
+/** Instants the CLI records and prints are whole seconds, as every instant the API shows. */
+const now = () => wholeSeconds(systemClock.now());
+/** RFC 3339 UTC at the whole second, as the API prints instants. */
+const iso = (date: Date) => wholeSeconds(date).toISOString().replace(".000Z", "Z");
 
 async function withDatabase<T>(work: (pool: Pool, config: Config) => Promise<T>): Promise<T> {
   const config = loadConfig();
@@ -54,14 +60,14 @@ tenants
     if (name === "" || name.length > 200) throw new Error("--name must be 1 to 200 characters");
     await withDatabase(async (pool) => {
       const store = createTenantStore(pool);
-      const now = systemClock.now();
-      const tenant: Tenant = { id: newId("tnt"), name, createdAt: now };
+      const at = now();
+      const tenant: Tenant = { id: newId("tnt"), name, createdAt: at };
       await store.createTenant(tenant);
-      const { key, secret, hash } = mintApiKey(tenant.id, now);
+      const { key, secret, hash } = mintApiKey(tenant.id, at);
       await store.createApiKey(key, hash);
       print(
         opts.json === true,
-        { tenant_id: tenant.id, name: tenant.name, key_id: key.id, secret_key: secret, created_at: now.toISOString() },
+        { tenant_id: tenant.id, name: tenant.name, key_id: key.id, secret_key: secret, created_at: iso(at) },
         [`tenant_id:  ${tenant.id}`, `name:       ${tenant.name}`, `key_id:     ${key.id}`, `secret_key: ${secret}`, "(the secret key is shown only once)"],
       );
     });
@@ -73,7 +79,7 @@ tenants
   .action(async (opts: { json?: boolean }) => {
     await withDatabase(async (pool) => {
       const rows = await createTenantStore(pool).listTenants();
-      const data = rows.map((t) => ({ tenant_id: t.id, name: t.name, created_at: t.createdAt.toISOString() }));
+      const data = rows.map((t) => ({ tenant_id: t.id, name: t.name, created_at: iso(t.createdAt) }));
       print(opts.json === true, { data }, data.map((t) => `${t.tenant_id}  ${t.created_at}  ${t.name}`));
     });
   });
@@ -88,7 +94,7 @@ keys
   .action(async (opts: { tenant: string; test?: boolean; json?: boolean }) => {
     await withDatabase(async (pool) => {
       await requireTenant(pool, opts.tenant);
-      const { key, secret, hash } = mintApiKey(opts.tenant, systemClock.now(), opts.test ? "test" : "live");
+      const { key, secret, hash } = mintApiKey(opts.tenant, now(), opts.test ? "test" : "live");
       await createTenantStore(pool).createApiKey(key, hash);
       print(opts.json === true, { tenant_id: key.tenantId, key_id: key.id, secret_key: secret }, [
         `key_id:     ${key.id}`,
@@ -108,8 +114,8 @@ keys
       const data = rows.map((k) => ({
         key_id: k.id,
         hint: k.hint,
-        created_at: k.createdAt.toISOString(),
-        revoked_at: k.revokedAt?.toISOString() ?? null,
+        created_at: iso(k.createdAt),
+        revoked_at: (k.revokedAt ? iso(k.revokedAt) : null),
       }));
       print(opts.json === true, { data }, data.map((k) => `${k.key_id}  ${k.hint}  ${k.created_at}  ${k.revoked_at ?? "active"}`));
     });
@@ -122,7 +128,7 @@ keys
   .addOption(json)
   .action(async (opts: { tenant: string; key: string; json?: boolean }) => {
     await withDatabase(async (pool) => {
-      const isRevoked = await createTenantStore(pool).revokeApiKey(opts.tenant, opts.key, systemClock.now());
+      const isRevoked = await createTenantStore(pool).revokeApiKey(opts.tenant, opts.key, now());
       if (!isRevoked) throw new Error(`no key ${opts.key} for tenant ${opts.tenant}`);
       print(opts.json === true, { key_id: opts.key, revoked: true }, [`revoked ${opts.key}`]);
     });
@@ -177,7 +183,15 @@ policySet.action(async (opts: Record<string, string | boolean | undefined> & { t
       if (typeof raw !== "string") continue;
       (next as unknown as Record<string, number | null>)[key] = raw === "off" ? null : Number(raw);
     }
-    await store.putPolicy(opts.tenant, validatePolicy(next), systemClock.now());
+    try {
+      validatePolicy(next);
+    } catch (err) {
+      // Name the flag the operator typed, not the field it sets.
+      const flag = err instanceof AppError && err.field !== undefined ? policyOptions[err.field as keyof SessionPolicy]?.[0].split(" ")[0] : undefined;
+      if (flag === undefined) throw err;
+      throw new Error((err as AppError).message.replace((err as AppError).field as string, flag));
+    }
+    await store.putPolicy(opts.tenant, next, now());
     printPolicy(opts.json === true, next);
   });
 });
@@ -188,17 +202,17 @@ signingKeys
   .addOption(json)
   .action(async (opts: { json?: boolean }) => {
     await withDatabase(async (pool, config) => {
-      const now = systemClock.now();
+      const at = now();
       const keys = await createSigningKeyStore(pool).listSigningKeys();
       const problems = new Map(keys.map((k) => [k.id, checkSigningKey(config.keyEncryptionKey, k)?.reason ?? null]));
-      const signer = pickSigningKey(keys.filter((k) => problems.get(k.id) === null), now);
+      const signer = pickSigningKey(keys.filter((k) => problems.get(k.id) === null), at);
       const data = keys.map((k) => ({
         kid: k.id,
-        created_at: k.createdAt.toISOString(),
-        signs_from: k.signsFrom.toISOString(),
-        retired_at: k.retiredAt?.toISOString() ?? null,
-        revoked_at: k.revokedAt?.toISOString() ?? null,
-        is_published: problems.get(k.id) === null && isPublished(k, now),
+        created_at: iso(k.createdAt),
+        signs_from: iso(k.signsFrom),
+        retired_at: (k.retiredAt ? iso(k.retiredAt) : null),
+        revoked_at: (k.revokedAt ? iso(k.revokedAt) : null),
+        is_published: problems.get(k.id) === null && isPublished(k, at),
         is_signing: k.id === signer?.id,
         problem: problems.get(k.id) ?? null,
       }));
@@ -215,8 +229,8 @@ signingKeys
   .addOption(json)
   .action(async (opts: { json?: boolean }) => {
     await withDatabase(async (pool, config) => {
-      const { key, isNew } = await rotateSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, systemClock.now());
-      const out = { kid: key.id, signs_from: key.signsFrom.toISOString(), created: isNew };
+      const { key, isNew } = await rotateSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, now());
+      const out = { kid: key.id, signs_from: iso(key.signsFrom), created: isNew };
       print(opts.json === true, out, [`${isNew ? "scheduled" : "already scheduled"} ${key.id}: signs from ${out.signs_from}`]);
     });
   });
@@ -227,7 +241,7 @@ signingKeys
   .addOption(json)
   .action(async (opts: { kid: string; json?: boolean }) => {
     await withDatabase(async (pool, config) => {
-      const isRevoked = await revokeSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, opts.kid, systemClock.now());
+      const isRevoked = await revokeSigningKey(createSigningKeyStore(pool), config.keyEncryptionKey, opts.kid, now());
       if (!isRevoked) throw new Error(`no active signing key ${opts.kid}`);
       print(opts.json === true, { kid: opts.kid, revoked: true }, [`revoked ${opts.kid}`]);
     });
@@ -240,12 +254,12 @@ program
   .addOption(json)
   .action(async (opts: { dryRun?: boolean; json?: boolean }) => {
     await withDatabase(async (pool, config) => {
-      const cutoff = retentionCutoff(systemClock.now(), config.retentionDays);
+      const cutoff = retentionCutoff(now(), config.retentionDays);
       const report = await purge(createRetentionStore(pool), cutoff, { dryRun: opts.dryRun === true });
       const verb = opts.dryRun ? "would delete" : "deleted";
       const shown = {
         dry_run: opts.dryRun === true,
-        cutoff: report.cutoff.toISOString(),
+        cutoff: iso(report.cutoff),
         sessions: report.total.sessions,
         refresh_tokens: report.total.refreshTokens,
         tenants: report.tenants.map((t) => ({ tenant_id: t.tenantId, sessions: t.sessions, refresh_tokens: t.refreshTokens })),

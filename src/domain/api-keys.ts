@@ -41,18 +41,28 @@ export interface Caller {
 export interface Authenticator {
   /**
    * Checks `Authorization: Bearer sk_…` for the tenant in X-Tenant-ID. `beforeLookup` runs (and may
-   * throw) only when the key has to be looked up in the store, not when this instance knows it.
+   * throw) only when the key has to be looked up in the store, not when the cache answers; it is told
+   * whether this key authenticated on this instance within the last hour.
    */
-  authenticate(authorization: string | null, tenantHeader: string | null, beforeLookup?: () => Promise<void>): Promise<Caller>;
+  authenticate(
+    authorization: string | null,
+    tenantHeader: string | null,
+    beforeLookup?: (isRecentlyValid: boolean) => Promise<void>,
+  ): Promise<Caller>;
 }
 
 /**
  * Results are cached per (tenant, key hash) for `cacheSeconds`: a revoked key stops working on every
  * instance within that time. Unknown keys are cached too, so a flood of bad keys costs one query
  * per distinct key per window, not one per request. The cache is keyed by digest, never the key.
+ *
+ * Keys that authenticated within the last hour are remembered apart (digests only, never trusted
+ * without a lookup): under a flood of bad keys from one address, its working keys are still looked
+ * up and keep working after their cache entry expires, while guessed keys are not.
  */
 export function createAuthenticator(store: TenantStore, clock: Clock, cacheSeconds: number): Authenticator {
   const cache = cacheSeconds > 0 ? new LRUCache<string, { keyId: string | null }>({ max: 50_000, ttl: cacheSeconds * 1000 }) : undefined;
+  const recentlyValid = new LRUCache<string, true>({ max: 50_000, ttl: 60 * 60 * 1000 });
   const invalid = () => new AppError("invalid_api_key", "the API key is invalid for this tenant");
 
   return {
@@ -67,10 +77,12 @@ export function createAuthenticator(store: TenantStore, clock: Clock, cacheSecon
       const cacheKey = `${tenantId}:${hash.toString("base64")}`;
       let entry = cache?.get(cacheKey);
       if (entry === undefined) {
-        await beforeLookup?.();
+        await beforeLookup?.(recentlyValid.has(cacheKey));
         const key = await store.findApiKey(tenantId, hash);
         entry = { keyId: key !== null && (key.revokedAt === null || key.revokedAt > clock.now()) ? key.id : null };
         cache?.set(cacheKey, entry);
+        if (entry.keyId !== null) recentlyValid.set(cacheKey, true);
+        else recentlyValid.delete(cacheKey);
       }
       if (entry.keyId === null) throw invalid();
       return { tenantId, keyId: entry.keyId };

@@ -18,8 +18,10 @@ const bounds = {
   accessTokenTtlSeconds: [60, maxAccessTokenTtlSeconds],
   sessionLifetimeSeconds: [5 * 60, 400 * 24 * 60 * 60],
   idleTimeoutSeconds: [60, 400 * 24 * 60 * 60],
-  // Long enough for a retry of a lost response; longer would let a thief race the user for minutes.
-  refreshGraceSeconds: [0, 300],
+  // At least a second: two tabs refresh within milliseconds of each other, and with no window at all
+  // the second would count as reuse and log the user out. At most five minutes: longer would let a
+  // thief race the user for long.
+  refreshGraceSeconds: [1, 300],
   maxSessionsPerUser: [1, 10_000],
 } as const satisfies Record<keyof SessionPolicy, readonly [number, number]>;
 

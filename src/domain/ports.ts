@@ -69,7 +69,8 @@ export type RefreshDecision =
   | { action: "rotate"; activeAt: Date; idleExpiresAt: Date | null }
   /** A retry within grace: its successor, still unused, stays the live token and is handed out again. */
   | { action: "retry"; activeAt: Date; idleExpiresAt: Date | null }
-  | { action: "revoke"; reason: RevokeReason; error: RefreshError }
+  /** Reuse: the session ends at `at` (a whole second, as every recorded instant). */
+  | { action: "revoke"; at: Date; reason: RevokeReason; error: RefreshError }
   | { action: "reject"; error: RefreshError };
 
 export type RefreshError = "refresh_token_invalid" | "refresh_token_expired" | "session_revoked";
@@ -105,6 +106,8 @@ export interface PurgeCounts {
 export interface LeaseStore {
   /** Takes or renews the lease `name` for `holder` until `until`; false when another holder has it. */
   tryAcquire(name: string, holder: string, now: Date, until: Date): Promise<boolean>;
+  /** Gives the lease up at once if `holder` has it, so another instance need not wait it out. */
+  release(name: string, holder: string, now: Date): Promise<void>;
 }
 
 export interface TenantStore {

@@ -37,6 +37,8 @@ export interface ListInput {
 export interface RevokeAllInput {
   userId?: string | undefined;
   exceptSessionId?: string | undefined;
+  /** Every user's sessions: must be said explicitly, never inferred from a missing user id. */
+  isAllUsers: boolean;
 }
 
 export interface CreateInput {
@@ -148,9 +150,15 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
       if (!exists) throw sessionNotFound();
     },
 
-    /** Revokes every active session of one user, or of the tenant when `userId` is left out. */
+    /** Revokes every active session of one user, or of every user of the tenant (`isAllUsers`). */
     async revokeAll(tenantId: string, filter: RevokeAllInput, by: string | null): Promise<number> {
-      const { exceptSessionId } = filter;
+      const { exceptSessionId, isAllUsers } = filter;
+      if (isAllUsers && filter.userId !== undefined) {
+        throw new AppError("invalid_request", "give user_id or all_users, not both", "all_users");
+      }
+      if (!isAllUsers && filter.userId === undefined) {
+        throw new AppError("invalid_request", "say whose sessions to revoke: user_id, or all_users to revoke every user's", "user_id");
+      }
       if (exceptSessionId !== undefined && !idPatterns.session.test(exceptSessionId)) {
         throw new AppError("invalid_request", "except_session_id must be a session id", "except_session_id");
       }
@@ -285,7 +293,7 @@ export function decideRefresh(now: Date, policy: SessionPolicy): RefreshDecider 
       // since: refuse this retry rather than mint a second live token; the other holder goes on.
       return token.isSuccessorDerived ? { action: "retry", activeAt, idleExpiresAt } : { action: "reject", error: "refresh_token_invalid" };
     }
-    return { action: "revoke", reason: "refresh_token_reuse", error: "refresh_token_invalid" };
+    return { action: "revoke", at: activeAt, reason: "refresh_token_reuse", error: "refresh_token_invalid" };
   };
 }
 

@@ -6,6 +6,9 @@ import { AppError } from "./errors.js";
  *
  * - no control characters (C0, DEL, C1: NUL, ESC, CR/LF, …) and no bidirectional formatting
  *   characters (embeddings, overrides, isolates and marks, which make a string display as another);
+ * - identifiers also have no other invisible format characters (zero-width space, word joiner, soft
+ *   hyphen, …: `alice` and `alice` + U+200B would look alike), but for the zero-width joiner that
+ *   emoji sequences need;
  * - well-formed Unicode (a lone surrogate cannot be stored as UTF-8 and would come back changed);
  * - identifiers additionally have no leading or trailing whitespace: `alice ` is not `alice`, and a
  *   caller who sends it has a bug we would rather report than store;
@@ -13,6 +16,8 @@ import { AppError } from "./errors.js";
  */
 const controlCharacters = /\p{Cc}/u;
 const bidiFormatting = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u;
+/** Unicode format characters (category Cf) but the zero-width joiner: invisible in an identifier. */
+const invisibleFormatting = /(?!\u200D)\p{Cf}/u;
 const edgeWhitespace = /^\s|\s$/u;
 
 /** Number of characters (code points) in `value`. */
@@ -33,6 +38,7 @@ function checkText(field: string, value: string, maxCharacters: number): void {
 export function checkIdentifier(field: string, value: string, maxCharacters: number): string {
   if (value === "") throw invalid(field, `${field} must not be empty`);
   checkText(field, value, maxCharacters);
+  if (invisibleFormatting.test(value)) throw invalid(field, `${field} must not contain invisible format characters`);
   if (edgeWhitespace.test(value)) throw invalid(field, `${field} must not start or end with whitespace`);
   return value;
 }

@@ -28,6 +28,19 @@ export interface OnePortOptions {
    * Default 1,000.
    */
   maxPendingRequests?: number;
+  /** Largest header block, in bytes (name + value + 32 per field, as HTTP/2 counts it). Default 16 KiB. */
+  maxHeaderBytes?: number;
+  /**
+   * Answers what this layer refuses before any framework sees it, in the caller's error format:
+   * an HTTP/2 request with too large a header block (431) or a method HTTP does not know (405; the
+   * HTTP/1 parser refuses those itself), or an HTTP/1 CONNECT (405, on the socket).
+   */
+  refuse?: Refuser;
+}
+
+export interface Refuser {
+  onResponse(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, reason: "headers_too_large" | "method_not_allowed"): void;
+  onSocket(socket: net.Socket, reason: "method_not_allowed"): void;
 }
 
 export interface OnePort {
@@ -43,6 +56,16 @@ export interface OnePort {
 
 const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** The methods HTTP/1's parser accepts; an HTTP/2 request may name any string. */
+const knownMethods = new Set(http.METHODS);
+
+/** A header block's size as HTTP/2 counts it (RFC 9113 section 6.5.2): name + value + 32 per field. */
+function headerBytes(rawHeaders: string[]): number {
+  let bytes = 0;
+  for (const item of rawHeaders) bytes += item.length;
+  return bytes + 16 * rawHeaders.length;
+}
+
 /**
  * One plaintext port for HTTP/1.1 and h2c with prior knowledge (what gRPC clients speak), which
  * Node cannot do by itself: `http2.createServer({ allowHTTP1 })` only falls back to HTTP/1 via
@@ -57,6 +80,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     maxConcurrentStreams = 100,
     maxConnections = 4_096,
     maxPendingRequests = 1_000,
+    maxHeaderBytes = 16 * 1024,
+    refuse,
   } = opts;
   const undecided = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
@@ -86,22 +111,30 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         keepAliveTimeout: keepAliveTimeoutMs,
         // Node enforces the two timeouts above from a timer that ticks every 30 s by default.
         connectionsCheckingInterval: Math.ceil(Math.min(30_000, headersTimeoutMs / 2)),
+        maxHeaderSize: maxHeaderBytes,
+        // Node would answer a missing Host with a bare 400; the framework answers it in its envelope.
+        requireHostHeader: false,
       },
       (req, res) => {
-        // Only a request whose body is still to come is tracked; closing drops the connection.
-        track(req, res, () => req.socket.destroy());
+        // Only a request whose body is still to come is tracked; dropping it closes the connection.
+        const length = req.headers["content-length"];
+        const hasBody = (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
+        if (hasBody) track(req, res, () => req.socket.destroy());
         handler(req, res);
       },
     );
     h1Servers.add(h1);
+    // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word).
+    h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy()));
     // A response still in flight at close leaves a keep-alive socket behind: drop it once idle.
     h1.on("request", (_req, res) =>
       res.once("finish", () => closing && h1.closeIdleConnections()),
     );
 
     const h2Options: http2.ServerOptions & { streamResetBurst: number; streamResetRate: number } = {
-      // As HTTP/1's 16 KiB header limit; streams per connection bounded and announced.
-      settings: { maxConcurrentStreams, maxHeaderListSize: 16 * 1024 },
+      // Streams per connection bounded and announced. Header blocks are let in up to 4 times the
+      // limit, so that one over it gets a 431 answer below rather than a bare stream reset.
+      settings: { maxConcurrentStreams, maxHeaderListSize: 4 * maxHeaderBytes },
       maxSessionMemory: 4,
       // Rapid reset (CVE-2023-44487): a client resetting streams faster than this loses its session.
       streamResetBurst: 100,
@@ -112,6 +145,12 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     type H2Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
     h2.on("request", (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
       const { stream } = req;
+      const refusal = headerBytes(req.rawHeaders) > maxHeaderBytes ? "headers_too_large" : knownMethods.has(req.method) ? undefined : "method_not_allowed";
+      if (refusal !== undefined) {
+        if (refuse) refuse.onResponse(req, res, refusal);
+        else res.writeHead(refusal === "headers_too_large" ? 431 : 405).end();
+        return;
+      }
       const dispatch = () => (handler as unknown as H2Handler)(req, res);
       if (stream.endAfterHeaders) return dispatch();
       const reset = () => stream.close(http2.constants.NGHTTP2_CANCEL);
@@ -186,6 +225,9 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     serverFactory,
     closeConnections() {
       closing = true;
+      // Requests still waiting for their body have not reached a handler: they are not work in
+      // flight, and a client that never finishes one must not hold the shutdown.
+      for (const drop of [...pending]) drop();
       for (const socket of undecided) socket.destroy();
       for (const h1 of h1Servers) h1.closeIdleConnections();
       for (const session of sessions) session.close();

@@ -20,5 +20,8 @@ export function createLeaseStore(pool: Pool): LeaseStore {
       );
       return updated.affectedRows === 1;
     },
+    async release(name, holder, now) {
+      await query(pool, "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND expires_at > ?", [now, name, holder, now]);
+    },
   };
 }

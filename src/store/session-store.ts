@@ -269,7 +269,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         if (decision.action === "reject") return { ok: false, error: decision.error };
         if (decision.action === "revoke") {
           await conn.query(revokeSql("tenant_id = ? AND id = ? AND state = ?"), [
-            ...revokeParams({ now, reason: decision.reason, by: null }),
+            ...revokeParams({ now: decision.at, reason: decision.reason, by: null }),
             tenantId,
             session.id,
             state.open,

@@ -6,6 +6,7 @@ import {
   SessionStatus as ProtoSessionStatus,
   type SessionSchema,
 } from "../../gen/sessions/v1/sessions_pb.js";
+import { AppError } from "../domain/errors.js";
 import { endOf, statusOf, type DeviceType, type EndReason, type Session, type SessionStatus } from "../domain/model.js";
 
 /** Small pure converters between domain values and generated messages, named by direction. */
@@ -66,6 +67,14 @@ export function toProtoSession(session: Session, now: Date): MessageInitShape<ty
 /** Unspecified (0) and unknown numbers map to undefined: the domain applies its default. */
 export function fromProtoStatus(status: ProtoSessionStatus): SessionStatus | undefined {
   return statusFromProtoTable.get(status);
+}
+
+/** A status filter the caller gave: it must name a status (an explicit "unspecified" is refused). */
+export function statusFilterFromProto(status: ProtoSessionStatus | undefined): SessionStatus | undefined {
+  if (status === undefined) return undefined;
+  const known = fromProtoStatus(status);
+  if (known === undefined) throw new AppError("invalid_request", "status must be one of active, expired, revoked", "status");
+  return known;
 }
 
 export function fromProtoDeviceType(deviceType: ProtoDeviceType): DeviceType | undefined {

@@ -71,7 +71,9 @@ const retryAfterUnavailableSeconds = 1;
 export function createPipeline<S extends DescService>(service: S, handlers: Handlers<S>, deps: PipelineDeps): Map<string, PipelineMethod> {
   async function authenticate(info: CallInfo): Promise<Caller> {
     try {
-      return await deps.authenticator.authenticate(info.header("authorization"), info.header("x-tenant-id"), () => deps.rateLimits.checkKeyLookup(info));
+      return await deps.authenticator.authenticate(info.header("authorization"), info.header("x-tenant-id"), (isRecentlyValid) =>
+        isRecentlyValid ? Promise.resolve() : deps.rateLimits.checkKeyLookup(info),
+      );
     } catch (err) {
       if (err instanceof AppError && err.code === "invalid_api_key") await deps.rateLimits.countAuthFailure(info);
       throw err;

@@ -18,9 +18,9 @@ export interface RateLimitConfig {
   /** Per client IP: public RPCs (refresh), checked before anything is looked up. On by default. */
   ipPerMinute: number;
   /**
-   * Per client IP: failed authentications. Past it, that address may still use keys this instance
-   * has already checked, but no new key is looked up until the window ends, so a flood of guessed
-   * keys never reaches the database while the address's working keys keep working.
+   * Per client IP: failed authentications. Past it, that address may still use keys that worked on
+   * this instance within the last hour, but no other key is looked up until the window ends, so a
+   * flood of guessed keys never reaches the database while the address's working keys keep working.
    */
   authFailuresPerMinute: number;
 }

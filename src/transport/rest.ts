@@ -1,11 +1,21 @@
 import { randomUUID } from "node:crypto";
-import { STATUS_CODES, type IncomingMessage } from "node:http";
-import type { Http2ServerRequest } from "node:http2";
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { Socket } from "node:net";
-import { type DescMethod, type DescService, type Message, getOption, hasOption } from "@bufbuild/protobuf";
+import {
+  type DescField,
+  type DescMethod,
+  type DescService,
+  type Message,
+  ScalarType,
+  getOption,
+  hasOption,
+  isFieldSet,
+} from "@bufbuild/protobuf";
+import { reflect } from "@bufbuild/protobuf/reflect";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions, RouteOptions } from "fastify";
 import { http } from "../../gen/google/api/annotations_pb.js";
-import { http_success_code } from "../../gen/sessions/v1/options_pb.js";
+import { http_success_code, implied_over_rest_without } from "../../gen/sessions/v1/options_pb.js";
 import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
 import { callInfoOf, type PipelineMethod } from "./pipeline.js";
@@ -104,45 +114,67 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
       scope.route({
         method: route.httpMethod,
         url: route.url,
-        // A call that takes no body refuses one, before it is read: a filter sent in a body (say
-        // DELETE /v1/sessions {"user_id": …}) would otherwise be ignored and the call would act on
-        // everything its query string selects.
-        ...(route.body === "" ? { onRequest: refuseBody } : {}),
         handler: restHandler(route, opts.methods.get(`/${opts.service.typeName}/${route.method.name}`)),
       });
     }
   });
 }
 
-async function refuseBody(request: FastifyRequest): Promise<void> {
-  if (hasBody(request.raw)) {
-    throw new AppError("invalid_request", `${request.method} ${request.routeOptions.url} takes no request body: it takes its parameters in the path and query string`);
+/** Methods whose requests never carry a body here (every REST route with a body is POST). */
+const bodylessMethods = new Set(["GET", "HEAD", "DELETE"]);
+
+/**
+ * Refuses what no route can mean: an HTTP/1.1 request without Host (RFC 9112 requires one), and a
+ * body on GET, HEAD or DELETE. A filter sent in a body (say DELETE /v1/sessions {"user_id": …})
+ * would otherwise be ignored and the call would act on everything its query string selects. A body
+ * is known by its headers; when only its arrival can tell (chunked, or an HTTP/2 stream still open),
+ * the first byte decides, so an empty one (some clients send an empty DATA frame) passes.
+ */
+async function refuseUnmeant(request: FastifyRequest): Promise<void> {
+  const { raw } = request;
+  if (raw.httpVersion === "1.1" && request.headers.host === undefined) {
+    throw new AppError("invalid_request", "an HTTP/1.1 request needs a Host header");
+  }
+  if (bodylessMethods.has(request.method) && (await hasBody(raw))) {
+    throw new AppError("invalid_request", `${request.method} takes no request body: its parameters go in the path and query string`);
   }
 }
 
-/** True when the request carries a body, before reading it: by its headers, or on HTTP/2 by its stream. */
-function hasBody(raw: IncomingMessage | Http2ServerRequest): boolean {
+async function hasBody(raw: IncomingMessage | Http2ServerRequest): Promise<boolean> {
   const length = raw.headers["content-length"];
   if (length !== undefined) return length !== "0";
-  if (raw.headers["transfer-encoding"] !== undefined) return true;
-  return "stream" in raw && !raw.stream.endAfterHeaders;
+  const isOpen = raw.headers["transfer-encoding"] !== undefined || ("stream" in raw && !raw.stream.endAfterHeaders);
+  if (!isOpen) return false;
+  return new Promise((resolve) => {
+    const settle = (hasByte: boolean) => {
+      raw.off("data", onData).off("end", onEnd).off("error", onEnd);
+      resolve(hasByte);
+    };
+    const onData = (chunk: Buffer) => chunk.length > 0 && settle(true);
+    const onEnd = () => settle(false);
+    raw.on("data", onData).on("end", onEnd).on("error", onEnd);
+  });
 }
 
 function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
   const { method, body } = route;
   const pathFields = new Set(route.url.split("/").filter((s) => s.startsWith(":")).map((s) => s.slice(1)));
   const boundFields = new Set([...pathFields, ...(body === "*" ? method.input.fields.map((f) => f.name) : body ? [body] : [])]);
+  const implied = impliedFieldsOf(method);
 
   return async (request: FastifyRequest, reply: FastifyReply) => {
     if (target === undefined) throw new AppError("not_found", `${method.parent.typeName}.${method.name} is not served`);
     const info = callInfoOf(request, reply, "rest", undefined);
     let output: Message;
     try {
-      if (isInvalidQuery(request.query)) throw new AppError("invalid_request", "the query string is not valid: use percent-encoded UTF-8");
+      if (isInvalidQuery(request.query)) throw invalidQuery();
       const bodyJson = body === "*" ? (request.body ?? {}) : body ? { [body]: request.body ?? null } : {};
       const input = fromRestJson(method.input, bodyJson, { exclude: pathFields });
       fromRestParams(method.input, request.query as RestParams, { into: input, exclude: boundFields });
       fromRestParams(method.input, request.params as RestParams, { into: input });
+      for (const { field, unless } of implied) {
+        if (!isFieldSet(input, unless) && !isFieldSet(input, field)) reflect(method.input, input).set(field, true);
+      }
       output = await target.run(input, info);
     } finally {
       // Headers the pipeline set (rate limits, no-store, Retry-After) go out with errors too.
@@ -152,6 +184,23 @@ function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
     const json = toRestJson(method.output, output);
     return sendJson(reply, route.successCode, route.responseBody ? (json[route.responseBody] ?? null) : json);
   };
+}
+
+/**
+ * Bool fields marked `implied_over_rest_without` (options.proto): over REST they are true when
+ * the request leaves out both them and the field the option names (DELETE /v1/sessions without
+ * user_id is the seed's revoke-all, which RPC callers must ask for with all_users).
+ */
+function impliedFieldsOf(method: DescMethod): { field: DescField; unless: DescField }[] {
+  return method.input.fields.flatMap((field) => {
+    const name = getOption(field, implied_over_rest_without);
+    if (name === "") return [];
+    const unless = method.input.fields.find((f) => f.name === name);
+    if (field.fieldKind !== "scalar" || field.scalar !== ScalarType.BOOL || unless === undefined) {
+      throw new Error(`${method.input.typeName}.${field.name}: implied_over_rest_without needs a bool field and a sibling field name`);
+    }
+    return [{ field, unless }];
+  });
 }
 
 /**
@@ -184,10 +233,25 @@ function answerClientError(this: FastifyInstance, err: Error & { code?: string }
   if (err.code === "ECONNRESET" || socket.destroyed) return;
   const code: ErrorCode =
     err.code === "HPE_HEADER_OVERFLOW" ? "headers_too_large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "request_timeout" : "invalid_request";
+  const requestId = refuseOnSocket(socket, code, clientErrorMessages[code] ?? "malformed HTTP request");
+  this.log.info({ reqId: requestId, code, parserError: err.code }, "request refused by the HTTP parser");
+}
+
+const clientErrorMessages: Partial<Record<ErrorCode, string>> = {
+  headers_too_large: "the request headers are too large",
+  request_timeout: "the request was not received in time",
+};
+
+/** The envelope of an error answered before fastify has a request, and the request id it carries. */
+function envelope(code: ErrorCode, message: string, requestId: string): { status: number; body: string } {
   const { status } = errorTable[code];
+  return { status, body: JSON.stringify({ error: { code, message, status, request_id: requestId } }) };
+}
+
+/** Answers in the envelope on a raw HTTP/1 socket, then closes it; returns the request id. */
+export function refuseOnSocket(socket: Socket, code: ErrorCode, message: string): string {
   const requestId = newRequestId();
-  const body = JSON.stringify({ error: { code, message: clientErrorMessages[code] ?? "malformed HTTP request", status, request_id: requestId } });
-  this.log.info({ reqId: requestId, code, status, parserError: err.code }, "request refused by the HTTP parser");
+  const { status, body } = envelope(code, message, requestId);
   if (socket.writable) {
     socket.write(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
@@ -195,12 +259,18 @@ function answerClientError(this: FastifyInstance, err: Error & { code?: string }
     );
   }
   socket.destroy();
+  return requestId;
 }
 
-const clientErrorMessages: Partial<Record<ErrorCode, string>> = {
-  headers_too_large: "the request headers are too large",
-  request_timeout: "the request was not received in time",
-};
+/** Answers in the envelope on a raw response (one fastify never saw); returns the request id. */
+export function refuseOnResponse(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse, code: ErrorCode, message: string): string {
+  const requestId = requestIdOf(req);
+  const { status, body } = envelope(code, message, requestId);
+  const headers = { "content-type": "application/json; charset=utf-8", "x-request-id": requestId };
+  // The two response kinds take the same call; their overloads differ in type only.
+  (res as ServerResponse).writeHead(status, headers).end(body);
+  return requestId;
+}
 
 /**
  * Sets the REST error and not-found handlers on `app`, and keeps a table of every route (REST,
@@ -214,6 +284,7 @@ export function registerRestErrors(app: FastifyInstance): void {
     known.push({ pattern: pathPattern(route.url), methods });
   });
   app.setErrorHandler(restErrorHandler);
+  app.addHook("onRequest", refuseUnmeant);
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split("?")[0] ?? "";
     const allowed = [...new Set(known.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods))].sort();
@@ -245,24 +316,26 @@ function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): 
   return sendJson(reply, status, { error: { code, message, status, request_id: request.id, ...(field !== undefined ? { field } : {}) } });
 }
 
-const invalidQuery = Symbol("invalid query string");
+const invalidQueryMark = Symbol("invalid query string");
 
 /**
  * Fastify's query-string parser, strict: keys and values must be percent-encoded UTF-8 (raw bytes
  * outside printable ASCII, a malformed escape or an escape that is not UTF-8 make the whole query
- * invalid, which the REST handler answers with 400). A key given twice becomes a list, as before.
+ * invalid, which the REST handler answers with 400). A raw `+` is refused too: HTML forms mean a
+ * space by it, URLs a plus, and `?user_id=john+tag@x.com` guessed either way could list or revoke
+ * another user's sessions; `%2B` and `%20` say which. A key given twice becomes a list, as before.
  */
 export function parseQueryString(query: string): Record<string, string | string[]> {
   const params: Record<string, string | string[]> = Object.create(null);
-  if (/[^\x21-\x7e]/.test(query)) return markInvalid(params);
+  if (/[^\x21-\x2a\x2c-\x7e]/.test(query)) return markInvalid(params);
   for (const pair of query.split("&")) {
     if (pair === "") continue;
     const eq = pair.indexOf("=");
     let key: string;
     let value: string;
     try {
-      key = decodeURIComponent((eq < 0 ? pair : pair.slice(0, eq)).replaceAll("+", " "));
-      value = eq < 0 ? "" : decodeURIComponent(pair.slice(eq + 1).replaceAll("+", " "));
+      key = decodeURIComponent(eq < 0 ? pair : pair.slice(0, eq));
+      value = eq < 0 ? "" : decodeURIComponent(pair.slice(eq + 1));
     } catch {
       return markInvalid(params);
     }
@@ -273,12 +346,16 @@ export function parseQueryString(query: string): Record<string, string | string[
 }
 
 function markInvalid(params: Record<string, string | string[]>) {
-  Object.defineProperty(params, invalidQuery, { value: true });
+  Object.defineProperty(params, invalidQueryMark, { value: true });
   return params;
 }
 
+/** The error for a query string parseQueryString refused. */
+export const invalidQuery = () =>
+  new AppError("invalid_request", "the query string is not valid: use percent-encoded UTF-8, and %2B for a plus sign or %20 for a space");
+
 export function isInvalidQuery(query: unknown): boolean {
-  return typeof query === "object" && query !== null && invalidQuery in query;
+  return typeof query === "object" && query !== null && invalidQueryMark in query;
 }
 
 function fromFastify(error: FastifyError): unknown {

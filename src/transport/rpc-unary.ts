@@ -12,7 +12,7 @@ import { maxDeadlineMs } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import { toConnectError } from "./error-codes.js";
 import { callInfoOf, type CallInfo, type PipelineMethod } from "./pipeline.js";
-import { isInvalidQuery } from "./rest.js";
+import { invalidQuery, isInvalidQuery } from "./rest.js";
 import { parseStrictJson } from "./strict-json.js";
 
 /**
@@ -152,7 +152,7 @@ async function serveConnect(opts: RpcOptions, target: PipelineMethod, protocol: 
 /** GET /pkg.Service/Method?connect=v1&encoding=json|proto&message=…[&base64=1][&compression=gzip] */
 function getMessage(request: FastifyRequest, readMaxBytes: number): { codec: Codec; message: Uint8Array } {
   const query = request.query as Record<string, string | string[] | undefined>;
-  if (isInvalidQuery(query)) throw new AppError("invalid_request", "the query string is not valid: use percent-encoded UTF-8");
+  if (isInvalidQuery(query)) throw invalidQuery();
   const one = (name: string) => {
     const value = query[name];
     if (Array.isArray(value)) throw new AppError("invalid_request", `the query parameter ${name} is given more than once`, name);

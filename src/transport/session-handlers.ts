@@ -2,7 +2,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
 import type { Clock } from "../domain/clock.js";
 import type { SessionService } from "../domain/session-service.js";
-import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "./converters.js";
+import { fromProtoDeviceType, statusFilterFromProto, toProtoSession } from "./converters.js";
 import type { Handlers } from "./pipeline.js";
 
 /**
@@ -14,7 +14,7 @@ export function createSessionHandlers(service: SessionService, clock: Clock): Ha
     async listSessions(req, { caller }) {
       const page = await service.list(caller.tenantId, {
         userId: req.userId,
-        status: fromProtoStatus(req.status),
+        status: statusFilterFromProto(req.status),
         limit: req.limit,
         cursor: req.cursor,
       });
@@ -36,7 +36,7 @@ export function createSessionHandlers(service: SessionService, clock: Clock): Ha
     },
 
     async revokeSessions(req, { caller: { tenantId, keyId } }) {
-      const revoked = await service.revokeAll(tenantId, { userId: req.userId, exceptSessionId: req.exceptSessionId }, keyId);
+      const revoked = await service.revokeAll(tenantId, { userId: req.userId, exceptSessionId: req.exceptSessionId, isAllUsers: req.allUsers }, keyId);
       return { revoked };
     },
 

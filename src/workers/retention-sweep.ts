@@ -19,7 +19,7 @@ export interface RetentionSweepOptions {
 
 export interface RetentionSweep {
   start(): void;
-  /** Stops scheduling and waits for a sweep in progress to stop at its next batch. */
+  /** Stops scheduling, waits for a sweep in progress to stop at its next batch, and gives the lease up. */
   stop(): Promise<void>;
   /** One sweep now, if this instance holds (or can take) the lease; undefined when another holds it. */
   sweepOnce(): Promise<PurgeReport | undefined>;
@@ -51,6 +51,7 @@ export function createRetentionSweep(opts: RetentionSweepOptions): RetentionSwee
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> | undefined;
   let isStopping = false;
+  let hasHeld = false;
 
   const holdLease = async () => {
     const now = clock.now();
@@ -59,6 +60,7 @@ export function createRetentionSweep(opts: RetentionSweepOptions): RetentionSwee
 
   async function sweepOnce(): Promise<PurgeReport | undefined> {
     if (!(await holdLease())) return undefined;
+    hasHeld = true;
     const report = await purge(store, retentionCutoff(clock.now(), retentionDays), { beforeBatch: holdLease });
     purged.inc({ kind: "session" }, report.total.sessions);
     purged.inc({ kind: "refresh_token" }, report.total.refreshTokens);
@@ -81,6 +83,8 @@ export function createRetentionSweep(opts: RetentionSweepOptions): RetentionSwee
       isStopping = true;
       clearInterval(timer);
       await running;
+      // Hand over at once: another instance takes the next sweep without waiting the lease out.
+      if (hasHeld) await leases.release(leaseName, holder, clock.now()).catch(opts.onError);
     },
     sweepOnce,
   };

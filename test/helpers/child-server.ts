@@ -13,6 +13,8 @@ export interface ChildServer {
   /** Resident memory of the server process, in bytes (Linux /proc). */
   rss(): Promise<number>;
   isAlive(): boolean;
+  /** SIGTERM, then the exit code once the process has exited (it is not killed). */
+  terminate(): Promise<number | null>;
   stop(): Promise<void>;
 }
 
@@ -62,6 +64,11 @@ export async function startChildServer(env: Record<string, string> = {}): Promis
       return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
     },
     isAlive: () => child.exitCode === null && child.signalCode === null,
+    async terminate() {
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+      child.kill("SIGTERM");
+      return exited;
+    },
     stop,
   };
 }

@@ -62,6 +62,7 @@ describe("text rules", () => {
     ["Ümlaut-ok_123", "Ümlaut-ok_123"],
     ["inner space ok", "inner space ok"],
     ["😀".repeat(255), "😀".repeat(255)],
+    ["family 👨\u200D👩\u200D👧", "family 👨\u200D👩\u200D👧"],
   ])("accepts the identifier %j", (value, expected) => {
     expect(checkIdentifier("user_id", value, 255)).toBe(expected);
   });
@@ -77,6 +78,10 @@ describe("text rules", () => {
     ["a\u200fb", "a right-to-left mark"],
     ["a\u2067b", "a right-to-left isolate"],
     ["a\udc00", "a lone surrogate"],
+    ["alice\u200b", "a zero-width space"],
+    ["al\u00adice", "a soft hyphen"],
+    ["al\u2060ice", "a word joiner"],
+    ["\ufeffalice", "a byte-order mark"],
     ["x".repeat(256), "256 characters"],
   ])("refuses the identifier %j (%s), naming the field", (value) => {
     expect(() => checkIdentifier("user_id", value, 255)).toThrow(expect.objectContaining({ code: "invalid_request", field: "user_id" }));
@@ -95,7 +100,8 @@ describe("query strings", () => {
     ["", {}],
     ["user_id=alice", { user_id: "alice" }],
     ["user_id=al%20ice&limit=5", { user_id: "al ice", limit: "5" }],
-    ["user_id=a+b", { user_id: "a b" }],
+    ["user_id=a+b", "invalid"],
+    ["user_id=a%2Bb%20c", { user_id: "a+b c" }],
     ["user_id=", { user_id: "" }],
     ["user_id", { user_id: "" }],
     ["a=1&a=2&a=3", { a: ["1", "2", "3"] }],

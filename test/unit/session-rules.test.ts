@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { wholeSeconds } from "../../src/domain/clock.js";
 import { endOf, scheduledEndOf, statusOf, type RecordedEnd, type SessionEndState } from "../../src/domain/model.js";
-import { defaultPolicy } from "../../src/domain/policy.js";
+import { defaultPolicy, validatePolicy } from "../../src/domain/policy.js";
 import { decideRefresh } from "../../src/domain/session-service.js";
 import { retentionCutoff } from "../../src/domain/retention.js";
 import type { Session } from "../../src/domain/model.js";
@@ -70,9 +70,14 @@ describe("decideRefresh", () => {
     expect(decide(token, session(over))).toMatchObject(expected);
   });
 
-  it("with a grace window of 0, any second presentation is reuse", () => {
-    expect(decide(rotated(0), session(), { ...policy, refreshGraceSeconds: 0 })).toMatchObject({ action: "retry" });
-    expect(decide(rotated(1), session(), { ...policy, refreshGraceSeconds: 0 })).toMatchObject({ action: "revoke" });
+  it("with the shortest grace window (1 s), a second presentation after it is reuse, revoked at a whole second", () => {
+    expect(decide(rotated(1_000), session(), { ...policy, refreshGraceSeconds: 1 })).toMatchObject({ action: "retry" });
+    expect(decide(rotated(1_001), session(), { ...policy, refreshGraceSeconds: 1 })).toMatchObject({ action: "revoke", at: t("2026-01-15T12:00:00Z") });
+  });
+
+  it("a policy may not turn the grace window off: two tabs refresh within milliseconds", () => {
+    expect(() => validatePolicy({ ...defaultPolicy, refreshGraceSeconds: 0 })).toThrow(expect.objectContaining({ field: "refreshGraceSeconds" }));
+    expect(validatePolicy({ ...defaultPolicy, refreshGraceSeconds: 1 }).refreshGraceSeconds).toBe(1);
   });
 
   it("records activity at the whole second and moves the idle deadline from there", () => {

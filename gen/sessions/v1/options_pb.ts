@@ -4,14 +4,14 @@
 
 import type { GenExtension, GenFile } from "@bufbuild/protobuf/codegenv2";
 import { extDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
-import type { MethodOptions } from "@bufbuild/protobuf/wkt";
+import type { FieldOptions, MethodOptions } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file sessions/v1/options.proto.
  */
 export const file_sessions_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MTpMChFodHRwX3N1Y2Nlc3NfY29kZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKAVSD2h0dHBTdWNjZXNzQ29kZTo9Cglpc19wdWJsaWMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjShgMgASgIUghpc1B1YmxpYzo7Cghub19zdG9yZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNOGAyABKAhSB25vU3RvcmViBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MTpMChFodHRwX3N1Y2Nlc3NfY29kZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKAVSD2h0dHBTdWNjZXNzQ29kZTo9Cglpc19wdWJsaWMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjShgMgASgIUghpc1B1YmxpYzo7Cghub19zdG9yZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNOGAyABKAhSB25vU3RvcmU6WgoZaW1wbGllZF9vdmVyX3Jlc3Rfd2l0aG91dBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMY2oYDIAEoCVIWaW1wbGllZE92ZXJSZXN0V2l0aG91dGIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * http_success_code is the HTTP status the REST mapping answers on success (200 when unset).
@@ -37,4 +37,14 @@ export const is_public: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
  */
 export const no_store: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
   extDesc(file_sessions_v1_options, 2);
+
+/**
+ * implied_over_rest_without names another field of the same message: over REST, a request that
+ * leaves both out gets this bool field set to true. It carries a REST convention (a call without a
+ * filter acts on everything) into an RPC request that must say so explicitly.
+ *
+ * @generated from extension: string implied_over_rest_without = 50010;
+ */
+export const implied_over_rest_without: GenExtension<FieldOptions, string> = /*@__PURE__*/
+  extDesc(file_sessions_v1_options, 3);
 
