@@ -10,7 +10,7 @@ import { createSessionService, type SessionService } from "./domain/session-serv
 import { AppError } from "./domain/errors.js";
 import type { SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
-import { createLogger } from "./logger.js";
+import { createLogger, flushLogs } from "./logger.js";
 import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
 import { createLeaseStore } from "./store/lease-store.js";
 import { createRetentionStore } from "./store/retention-store.js";
@@ -145,6 +145,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
         keyRing.stop();
         await retentionSweep.stop();
         await closePool(pool);
+        flushLogs(log);
       },
     };
   } catch (err) {

@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { LRUCache } from "lru-cache";
 import { errors as joseErrors, jwtVerify, SignJWT, type JWK, type JWTPayload, type ProtectedHeaderParameters } from "jose";
 import { throwIfCancelled } from "./call-context.js";
 import type { Clock } from "./clock.js";
@@ -228,6 +229,14 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvali
   let timer: NodeJS.Timeout | undefined;
   let lastUnknownKidReload = 0;
   const health: KeyRingStatus = { lastReloadAt: 0, reloadFailures: 0, invalidKeys: [], published: 0 };
+  /**
+   * Tokens whose signature and claims checked out, by SHA-256 of the token (the token itself is not
+   * kept), until they expire: a backend presents the same token on every request of its user, and
+   * the signature check is the one costly step of verify. An entry counts only while its key is
+   * still published, so a revoked key's tokens fail at once; the session's state is still read on
+   * every verify. Bounded: 50,000 tokens of ~1 KB of claims each.
+   */
+  const verified = new LRUCache<string, { claims: AccessTokenClaims; header: ProtectedHeaderParameters }>({ max: 50_000 });
 
   /** Reads the key table; a bad row is skipped and reported, the good ones load all the same. */
   async function reload(): Promise<void> {
@@ -335,10 +344,19 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvali
     },
     async verify(token) {
       const invalid = { ok: false, code: "invalid_token", message: "the access token is invalid" } as const;
+      const now = clock.now();
+      const digest = createHash("sha256").update(token).digest("base64");
+      const known = verified.get(digest);
+      if (known !== undefined && published.has(known.header.kid as string)) {
+        // Verified before, by a key still published: only time can have changed the answer.
+        if ((known.claims.exp as number) <= Math.floor(now.getTime() / 1000) - clockToleranceSeconds) {
+          return { ok: false, code: "token_expired", message: "the access token has expired" };
+        }
+        return { ok: true, claims: known.claims, header: known.header };
+      }
       // Shape, canonical encoding and the exact header first: nothing else reaches jose.
       if (!checkTokenFormat(token).ok) return invalid;
       throwIfCancelled();
-      const now = clock.now();
       try {
         const { payload, protectedHeader } = await jwtVerify<AccessTokenClaims>(token, getKey, {
           algorithms: ["EdDSA"],
@@ -349,6 +367,9 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvali
           requiredClaims: ["exp", "iat", "nbf", "jti", "sub", "aud", "sid", "tenant_id", "role", "mfa_verified"],
         });
         if (checkClaimSanity(payload, now, clockToleranceSeconds, maxAccessTokenTtlSeconds) !== undefined) return invalid;
+        // Kept until the token expires (it verifies the same way every time until then).
+        const ttl = ((payload.exp as number) + clockToleranceSeconds) * 1000 - now.getTime();
+        if (ttl > 0) verified.set(digest, { claims: payload, header: protectedHeader }, { ttl });
         return { ok: true, claims: payload, header: protectedHeader };
       } catch (err) {
         // An expired token is token_expired only when nothing else is wrong with it.

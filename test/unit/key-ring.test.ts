@@ -118,6 +118,33 @@ describe("the key ring", () => {
     }
   });
 
+  it("remembers verified tokens until they expire, but never past their key's withdrawal", async () => {
+    let at = new Date(now);
+    const ticking = { now: () => at };
+    const key = newSigningKey(kek, at, new Date(at.getTime() - 1000));
+    const store = memoryStore([key]);
+    const ring = createKeyRing({ store, keyEncryptionKey: kek, clock: ticking, issuer });
+    await ring.start();
+    try {
+      const claims = { sub: "u", aud: "tnt_1", jti: "at_1", sid: "ses_1", tenant_id: "tnt_1", role: "member", mfa_verified: false };
+      const token = await ring.sign(claims, at, new Date(at.getTime() + 600_000));
+      expect(await ring.verify(token)).toMatchObject({ ok: true, claims: { sid: "ses_1" } });
+      expect(await ring.verify(token)).toMatchObject({ ok: true, claims: { sid: "ses_1" } });
+      // Expiry is checked on every call, the cache notwithstanding (30 s of clock tolerance).
+      at = new Date(at.getTime() + 630_000);
+      expect(await ring.verify(token)).toMatchObject({ ok: false, code: "token_expired" });
+      at = new Date(at.getTime() - 630_000);
+      expect(await ring.verify(token)).toMatchObject({ ok: true });
+      // Withdraw the key: the remembered token fails at once.
+      store.rows.length = 0;
+      store.rows.push({ ...key, revokedAt: at });
+      await ring.reload();
+      expect(await ring.verify(token)).toMatchObject({ ok: false, code: "invalid_token" });
+    } finally {
+      ring.stop();
+    }
+  });
+
   it("counts failed reloads and stops calling itself fresh after three intervals without one", async () => {
     vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
     const store = memoryStore([newSigningKey(kek, now, new Date(now.getTime() - 1000))]);
