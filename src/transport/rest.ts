@@ -20,7 +20,7 @@ import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
 import { callInfoOf, type PipelineMethod } from "./pipeline.js";
 import { parseStrictJson } from "./strict-json.js";
-import { type RestParams, fromRestJson, fromRestParams, toRestJson } from "./rest-json.js";
+import { type RestParams, fromRestJson, fromRestParams, restJsonEncoder } from "./rest-json.js";
 
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
 
@@ -161,6 +161,9 @@ function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
   const pathFields = new Set(route.url.split("/").filter((s) => s.startsWith(":")).map((s) => s.slice(1)));
   const boundFields = new Set([...pathFields, ...(body === "*" ? method.input.fields.map((f) => f.name) : body ? [body] : [])]);
   const implied = impliedFieldsOf(method);
+  // The response (or its response_body field) written straight as REST JSON.
+  const responseField = route.responseBody ? method.output.fields.find((f) => f.name === route.responseBody) : undefined;
+  const encode = responseField?.message ? restJsonEncoder(responseField.message) : restJsonEncoder(method.output);
 
   return async (request: FastifyRequest, reply: FastifyReply) => {
     if (target === undefined) throw new AppError("not_found", `${method.parent.typeName}.${method.name} is not served`);
@@ -181,8 +184,8 @@ function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
       for (const [key, value] of info.responseHeaders) reply.header(key, value);
     }
     if (route.successCode === 204) return reply.code(204).send();
-    const json = toRestJson(method.output, output);
-    return sendJson(reply, route.successCode, route.responseBody ? (json[route.responseBody] ?? null) : json);
+    const payload = route.responseBody ? (output as unknown as Record<string, unknown>)[responseField?.localName as string] : output;
+    return sendJsonText(reply, route.successCode, payload === undefined ? "null" : (encode as (m: unknown) => string)(payload));
   };
 }
 
@@ -381,6 +384,10 @@ function fromFastify(error: FastifyError): unknown {
   }
 }
 
+function sendJsonText(reply: FastifyReply, status: number, text: string): FastifyReply {
+  return reply.code(status).type("application/json; charset=utf-8").send(text);
+}
+
 function sendJson(reply: FastifyReply, status: number, json: unknown): FastifyReply {
-  return reply.code(status).type("application/json; charset=utf-8").send(JSON.stringify(json));
+  return sendJsonText(reply, status, JSON.stringify(json));
 }
