@@ -139,38 +139,46 @@ export function createSessionStore(pool: Pool): SessionStore {
 
   return {
     async insertSession(s, refreshTokenHash, cap) {
+      const insertToken: [string, unknown[]] = [
+        "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
+        [s.tenantId, refreshTokenHash, s.id, s.createdAt],
+      ];
+      const insertSessionRow: [string, unknown[]] = [
+        `INSERT INTO sessions (tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id,
+                               mfa_verified, created_at, last_active_at, expires_at, idle_expires_at, state, ends_at,
+                               refresh_token_hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ${state.open}, ?, ?)`,
+        [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
+          s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, scheduledEndOf(s).at, refreshTokenHash],
+      ];
+      if (cap === null) {
+        // Two statements, no transaction (two round trips instead of four): the token row first, so
+        // that a session is never without its token's row. Should the session's insert fail, the
+        // token's row is left pointing at no session, which no refresh can use (it joins on the
+        // session); retention never sees it, and nothing else reads it.
+        await query(pool, ...insertToken);
+        await query(pool, ...insertSessionRow);
+        return;
+      }
       await inTransaction(pool, async (conn) => {
-        if (cap !== null) {
-          // Under the user's named lock (below), so concurrent creates for one user queue instead of
-          // deadlocking on each other's gap locks; FOR UPDATE keeps revokes of these rows out.
-          const [active] = await conn.query<RowDataPacket[]>(
-            `SELECT id FROM sessions WHERE tenant_id = ? AND user_id = ? AND ${statusCondition.active}
-              ORDER BY created_at, id FOR UPDATE`,
-            [s.tenantId, s.userId, s.createdAt],
-          );
-          const excess = active.slice(0, Math.max(0, active.length - cap + 1)).map((r) => text(r.id as Buffer));
-          if (excess.length > 0) {
-            await conn.query(revokeSql("tenant_id = ? AND id IN (?)"), [
-              ...revokeParams({ now: s.createdAt, reason: "session_limit", by: null }),
-              s.tenantId,
-              excess,
-            ]);
-          }
+        // Under the user's named lock (below), so concurrent creates for one user queue instead of
+        // deadlocking on each other's gap locks; FOR UPDATE keeps revokes of these rows out.
+        const [active] = await conn.query<RowDataPacket[]>(
+          `SELECT id FROM sessions WHERE tenant_id = ? AND user_id = ? AND ${statusCondition.active}
+            ORDER BY created_at, id FOR UPDATE`,
+          [s.tenantId, s.userId, s.createdAt],
+        );
+        const excess = active.slice(0, Math.max(0, active.length - cap + 1)).map((r) => text(r.id as Buffer));
+        if (excess.length > 0) {
+          await conn.query(revokeSql("tenant_id = ? AND id IN (?)"), [
+            ...revokeParams({ now: s.createdAt, reason: "session_limit", by: null }),
+            s.tenantId,
+            excess,
+          ]);
         }
-        await conn.query(
-          `INSERT INTO sessions (tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id,
-                                 mfa_verified, created_at, last_active_at, expires_at, idle_expires_at, state, ends_at,
-                                 refresh_token_hash)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ${state.open}, ?, ?)`,
-          [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
-            s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, scheduledEndOf(s).at,
-            refreshTokenHash],
-        );
-        await conn.query(
-          "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
-          [s.tenantId, refreshTokenHash, s.id, s.createdAt],
-        );
-      }, cap === null ? {} : { serializeOn: `user-cap\0${s.tenantId}\0${s.userId}` });
+        await conn.query(...insertToken);
+        await conn.query(...insertSessionRow);
+      }, { serializeOn: `user-cap\0${s.tenantId}\0${s.userId}` });
     },
 
     async getSession(tenantId, id) {
