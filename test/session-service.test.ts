@@ -150,6 +150,32 @@ describe("revoke", () => {
     expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined, isAllUsers: false }, null)).toBe(1);
   });
 
+  it("revokes thousands in batches, counting exactly, leaving others' sessions and later creates alone", async () => {
+    const tenant = newId("tnt");
+    const now = wholeSeconds(clock.now()); // as the service records every instant
+    const later = new Date(now.getTime() + 30 * 24 * 3600 * 1000);
+    const row = (i: number, user: string) => [
+      tenant, `ses_${String(i).padStart(26, "0")}`, user, "", "", "", "unknown", "member", null, 0, now, now, later, null, 0, later, Buffer.alloc(32, i % 256),
+    ];
+    const rows = [...Array.from({ length: 1_234 }, (_, i) => row(i, "usr_bulk")), ...Array.from({ length: 10 }, (_, i) => row(5_000 + i, "usr_bystander"))];
+    await services.pool.query(
+      `INSERT INTO sessions (tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id, mfa_verified,
+                             created_at, last_active_at, expires_at, idle_expires_at, state, ends_at, refresh_token_hash) VALUES ?`,
+      [rows],
+    );
+    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk", isAllUsers: false }, null)).toBe(1_234);
+    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk", isAllUsers: false }, null)).toBe(0);
+    const bystanders = await services.sessionService.list(tenant, { userId: "usr_bystander", limit: 100 });
+    expect(bystanders.sessions).toHaveLength(10);
+    // A session created after the call's instant is not the call's to revoke.
+    clock.advance(2_000);
+    const fresh = await services.sessionService.create(tenant, createInput({ userId: "usr_bulk" }));
+    clock.advance(-2_000);
+    expect(await services.sessionService.revokeAll(tenant, { isAllUsers: true }, null)).toBe(10);
+    clock.advance(2_000);
+    expect((await services.sessionService.get(tenant, fresh.session.id)).recordedEnd).toBeNull();
+  });
+
   it("revoke-all catches a session created in the same millisecond", async () => {
     const tenant = newId("tnt");
     const before = await services.sessionService.create(tenant, createInput());

@@ -34,7 +34,11 @@ export interface SessionStore {
    * ended (revoked, or expired by time) keeps its end as it was. False when it does not exist.
    */
   revokeSession(tenantId: string, id: string, revocation: Revocation): Promise<boolean>;
-  /** Revokes the sessions the filter selects that are active at `revocation.now`; returns how many. */
+  /**
+   * Revokes the sessions the filter selects that are active at `revocation.now` and were created by
+   * then; returns exactly how many this call revoked. Works in durable batches: a call cut short
+   * leaves what it revoked revoked, and a retry revokes the rest.
+   */
   revokeSessions(tenantId: string, filter: RevokeFilter, revocation: Revocation): Promise<number>;
   /**
    * Locks the presented refresh token and its session, lets `decide` choose, and applies the

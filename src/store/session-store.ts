@@ -1,6 +1,6 @@
 import DataLoader from "dataloader";
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
-import { withoutCall } from "../domain/call-context.js";
+import { throwIfCancelled, withoutCall } from "../domain/call-context.js";
 import {
   isRevokeReason,
   scheduledEndOf,
@@ -101,6 +101,9 @@ const revokeParams = ({ now, reason, by }: Revocation) => [now, reason, by];
 interface StateRow extends EndRow {
   id: Buffer;
 }
+
+/** Sessions one revoke-all statement touches at most: a short transaction that locks only them. */
+const revokeBatchSize = 500;
 
 /** Most session-state reads one query may carry; bounds the IN list. */
 const maxStateBatch = 100;
@@ -235,9 +238,18 @@ export function createSessionStore(pool: Pool): SessionStore {
       return rows.length > 0;
     },
 
+    /**
+     * In batches of primary keys: a plain read finds the next active sessions by index (the
+     * user's, or the tenant's by state), an UPDATE by primary key revokes them with the condition
+     * checked again, and commits. Each batch is durable and locks only its own rows (no range, so
+     * no gap locks holding up creates of this tenant or the next); the count is exactly the
+     * sessions this call revoked; a call cut short (the database failing, the client gone) leaves
+     * what it revoked revoked, and a retry revokes the rest. Sessions created during the call, after
+     * its `now`, are left alone, so the call ends however fast others create.
+     */
     async revokeSessions(tenantId, filter: RevokeFilter, revocation) {
-      const where = ["tenant_id = ?", statusCondition.active];
-      const params: unknown[] = [...revokeParams(revocation), tenantId, revocation.now];
+      const where = ["tenant_id = ?", statusCondition.active, "created_at <= ?"];
+      const params: unknown[] = [tenantId, revocation.now, revocation.now];
       if (filter.userId !== undefined) {
         where.push("user_id = ?");
         params.push(filter.userId);
@@ -246,8 +258,32 @@ export function createSessionStore(pool: Pool): SessionStore {
         where.push("id <> ?");
         params.push(filter.exceptSessionId);
       }
-      const result = await query<{ affectedRows: number }>(pool, revokeSql(where.join(" AND ")), params);
-      return result.affectedRows;
+      let revoked = 0;
+      let after: { createdAt: Date; id: string } | undefined;
+      for (;;) {
+        throwIfCancelled();
+        const keyset = after === undefined ? "" : " AND (created_at > ? OR (created_at = ? AND id > ?))";
+        const rows = await query<RowDataPacket[]>(
+          pool,
+          `SELECT created_at, id FROM sessions WHERE ${where.join(" AND ")}${keyset} ORDER BY created_at, id LIMIT ${revokeBatchSize}`,
+          after === undefined ? params : [...params, after.createdAt, after.createdAt, after.id],
+        );
+        if (rows.length === 0) return revoked;
+        const ids = rows.map((r) => text(r.id as Buffer));
+        const last = rows[rows.length - 1] as RowDataPacket;
+        after = { createdAt: last.created_at as Date, id: text(last.id as Buffer) };
+        const result = await inTransaction(pool, async (conn) => {
+          const [updated] = await conn.query<ResultSetHeader>(revokeSql(`tenant_id = ? AND id IN (?) AND ${statusCondition.active}`), [
+            ...revokeParams(revocation),
+            tenantId,
+            ids,
+            revocation.now,
+          ]);
+          return updated.affectedRows;
+        });
+        revoked += result;
+        if (rows.length < revokeBatchSize) return revoked;
+      }
     },
 
     async refresh(tenantId, presentedHash, successorHash, now, decide: RefreshDecider): Promise<RefreshResult> {
