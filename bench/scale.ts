@@ -10,13 +10,14 @@ import { seedTenant } from "./seed.js";
 /**
  * The rows at scale (`npm run bench -- --scale`): one tenant with 1,000,000 sessions, seeded by SQL
  * into a database kept between runs (sessions_bench_scale; seeding takes a few minutes once):
- *   - 250,000 active and 750,000 ended (half revoked, half past their expiry), created over 60 days
- *     by 10,000 users;
+ *   - 250,000 active and 750,000 ended (half revoked, half past their expiry, their ends recorded
+ *     as the running service's sweep records them), created over 60 days by 10,000 users;
  *   - usr_heavy: 66,667 active sessions (the bulk revoke), usr_gone: 500 sessions, all ended;
  *   - a neighbouring tenant whose creates are timed while usr_heavy's sessions are revoked.
  */
 const database = "sessions_bench_scale";
-const seedVersion = "v1-1m";
+/** Changed whenever the seed or the schema it fills changes: the kept database is then made anew. */
+const seedVersion = "v2-1m-recorded-ends";
 const kek = Buffer.alloc(32, "bench-scale-kek").toString("base64url");
 
 interface ScaleOptions {
@@ -33,6 +34,10 @@ async function seed(serverUrl: string): Promise<{ tenantId: string; secret: stri
     await conn.query(`CREATE TABLE IF NOT EXISTS ${database}.bench_seed (version VARCHAR(40) PRIMARY KEY, tenant_id VARCHAR(40), secret VARCHAR(100), neighbour_id VARCHAR(40), neighbour_secret VARCHAR(100))`);
     const [done] = (await conn.query(`SELECT * FROM ${database}.bench_seed WHERE version = ?`, [seedVersion])) as unknown as [Record<string, string>[]];
     if (done[0]) return { tenantId: done[0].tenant_id!, secret: done[0].secret!, neighbour: { tenantId: done[0].neighbour_id!, secret: done[0].neighbour_secret! } };
+    // Another seed (or none finished): start from an empty database.
+    await conn.query(`DROP DATABASE ${database}`);
+    await conn.query(`CREATE DATABASE ${database}`);
+    await conn.query(`CREATE TABLE ${database}.bench_seed (version VARCHAR(40) PRIMARY KEY, tenant_id VARCHAR(40), secret VARCHAR(100), neighbour_id VARCHAR(40), neighbour_secret VARCHAR(100))`);
     console.log("scale: seeding 1,000,000 sessions (a few minutes, once)…");
     const url = `${serverUrl}/${database}`;
     const main = await seedTenant(url, "scale");
@@ -51,10 +56,10 @@ async function seed(serverUrl: string): Promise<{ tenantId: string; secret: stri
                 CASE kind WHEN 'revoked' THEN DATE_ADD(created, INTERVAL 30 DAY) WHEN 'expired' THEN DATE_SUB(UTC_TIMESTAMP(6), INTERVAL 1 DAY)
                           ELSE DATE_ADD(UTC_TIMESTAMP(6), INTERVAL 20 DAY) END,
                 NULL,
-                IF(kind = 'revoked', 2, 0),
+                CASE kind WHEN 'revoked' THEN 2 WHEN 'expired' THEN 1 ELSE 0 END,
                 CASE kind WHEN 'revoked' THEN DATE_ADD(created, INTERVAL 1 DAY) WHEN 'expired' THEN DATE_SUB(UTC_TIMESTAMP(6), INTERVAL 1 DAY)
                           ELSE DATE_ADD(UTC_TIMESTAMP(6), INTERVAL 20 DAY) END,
-                IF(kind = 'revoked', 'revoked', NULL), NULL, UNHEX(SHA2(n, 256))
+                CASE kind WHEN 'revoked' THEN 'revoked' WHEN 'expired' THEN 'expired' END, NULL, UNHEX(SHA2(n, 256))
            FROM (SELECT n, created,
                         CASE WHEN n % 15 = 0 THEN 'heavy' WHEN n % 2000 = 1 OR n % 4 <> 0 THEN IF(n % 2 = 0, 'revoked', 'expired') ELSE 'active' END AS kind
                    FROM (SELECT ? * 100000 + a.d * 10000 + b.d * 1000 + c.d * 100 + e.d * 10 + f.d AS n,

@@ -85,8 +85,10 @@ const schema = z
     TRUST_PROXY: trustProxy,
     // Ended sessions and rotated refresh tokens are deleted this many days after their end.
     RETENTION_DAYS: int(1, 3650, 30),
-    // How often an instance tries to run the retention sweep (one instance at a time); 0: never.
-    RETENTION_SWEEP_INTERVAL_SECONDS: int(0, 86_400, 60),
+    // How often an instance tries to run the session sweep (one instance at a time): it records
+    // the ends of sessions that expired (so lists read ended sessions by index) and deletes what
+    // retention lets go. 0: never.
+    SWEEP_INTERVAL_SECONDS: int(0, 86_400, 30),
   })
   .transform((env, ctx) => {
     if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
@@ -121,7 +123,7 @@ const schema = z
       },
       trustProxy: env.TRUST_PROXY,
       retentionDays: env.RETENTION_DAYS,
-      retentionSweepIntervalMs: env.RETENTION_SWEEP_INTERVAL_SECONDS * 1000,
+      sweepIntervalMs: env.SWEEP_INTERVAL_SECONDS * 1000,
     };
   });
 

@@ -13,13 +13,13 @@ import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger, flushLogs } from "./logger.js";
 import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
 import { createLeaseStore } from "./store/lease-store.js";
-import { createRetentionStore } from "./store/retention-store.js";
+import { createSweepStore } from "./store/sweep-store.js";
 import { migrate } from "./store/migrate.js";
 import { createPolicyStore } from "./store/policy-store.js";
 import { createSessionStore } from "./store/session-store.js";
 import { createSigningKeyStore } from "./store/signing-key-store.js";
 import { createTenantStore } from "./store/tenant-store.js";
-import { createRetentionSweep, type RetentionSweep } from "./workers/retention-sweep.js";
+import { createSessionSweep, type SessionSweep } from "./workers/session-sweep.js";
 
 /** Everything the app runs on, built once at start and closed once at the end. */
 export interface Services {
@@ -32,7 +32,7 @@ export interface Services {
   authenticator: Authenticator;
   tenantStore: TenantStore;
   sessionStore: SessionStore;
-  retentionSweep: RetentionSweep;
+  sessionSweep: SessionSweep;
   log: Logger;
   /**
    * Whether this instance can serve: the database answers and takes writes, and the signing keys
@@ -100,12 +100,12 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     const metricsRegistry = new Registry();
     collectDefaultMetrics({ register: metricsRegistry });
     registerKeyRingMetrics(metricsRegistry, keyRing);
-    const retentionSweep = createRetentionSweep({
-      store: createRetentionStore(pool),
+    const sessionSweep = createSessionSweep({
+      store: createSweepStore(pool),
       leases: createLeaseStore(pool),
       clock,
       retentionDays: config.retentionDays,
-      intervalMs: config.retentionSweepIntervalMs,
+      intervalMs: config.sweepIntervalMs,
       registry: metricsRegistry,
       onError: (err) => log.error({ err }, "retention sweep failed"),
     });
@@ -129,7 +129,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       authenticator: createAuthenticator(tenantStore, clock, config.apiKeyCacheSeconds),
       tenantStore,
       sessionStore,
-      retentionSweep,
+      sessionSweep,
       log,
       async readiness(timeoutMs) {
         const problems: string[] = [];
@@ -139,11 +139,11 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
         return { isReady: problems.length === 0, problems };
       },
       startWorkers() {
-        retentionSweep.start();
+        sessionSweep.start();
       },
       async close() {
         keyRing.stop();
-        await retentionSweep.stop();
+        await sessionSweep.stop();
         await closePool(pool);
         flushLogs(log);
       },

@@ -5,12 +5,12 @@ import { AppError } from "../domain/errors.js";
 import { systemClock, wholeSeconds } from "../domain/clock.js";
 import type { SessionPolicy, Tenant } from "../domain/model.js";
 import { defaultPolicy, validatePolicy } from "../domain/policy.js";
-import { purge, retentionCutoff } from "../domain/retention.js";
+import { purge, retentionCutoff } from "../domain/sweep.js";
 import { checkSigningKey, isPublished, pickSigningKey, revokeSigningKey, rotateSigningKey } from "../domain/signing-keys.js";
 import { idPatterns, newId } from "../domain/secrets.js";
 import { openDatabase, type Pool } from "../store/db.js";
 import { migrate } from "../store/migrate.js";
-import { createRetentionStore } from "../store/retention-store.js";
+import { createSweepStore } from "../store/sweep-store.js";
 import { createPolicyStore } from "../store/policy-store.js";
 import { createSigningKeyStore } from "../store/signing-key-store.js";
 import { createTenantStore } from "../store/tenant-store.js";
@@ -255,7 +255,7 @@ program
   .action(async (opts: { dryRun?: boolean; json?: boolean }) => {
     await withDatabase(async (pool, config) => {
       const cutoff = retentionCutoff(now(), config.retentionDays);
-      const report = await purge(createRetentionStore(pool), cutoff, { dryRun: opts.dryRun === true });
+      const report = await purge(createSweepStore(pool), cutoff, { dryRun: opts.dryRun === true });
       const verb = opts.dryRun ? "would delete" : "deleted";
       const shown = {
         dry_run: opts.dryRun === true,

@@ -1,5 +1,6 @@
 import type {
   ApiKey,
+  EndReason,
   PageAfter,
   RefreshTokenRecord,
   RevokeReason,
@@ -86,11 +87,19 @@ export type RefreshResult =
   | { ok: false; error: RefreshError };
 
 /**
- * What the retention sweep deletes: sessions that ended before a cutoff (with all their refresh
- * tokens), and refresh tokens rotated away before it. Every call is one tenant's and one small
- * batch, so no statement holds locks for long.
+ * What the session sweep reads and writes: open sessions whose time has come (to record their end),
+ * sessions that ended before a retention cutoff (deleted with all their refresh tokens), and refresh
+ * tokens rotated away before it. Every call is one tenant's and one small batch, so no statement
+ * holds locks for long.
  */
-export interface RetentionStore {
+export interface SweepStore {
+  /** Up to `limit` of the tenant's sessions with no recorded end whose scheduled end is at or before `now`. */
+  sessionsDueToEnd(tenantId: string, now: Date, limit: number): Promise<(SessionEndState & { id: string })[]>;
+  /**
+   * Records these ends by time, for those sessions still without a recorded end and still due at
+   * `now`; returns how many it recorded.
+   */
+  recordEnds(tenantId: string, now: Date, ends: { id: string; reason: EndReason }[]): Promise<number>;
   /** The first tenant id after `after` (in byte order) that has sessions, or null: a keyset walk over tenants. */
   nextTenantWithSessions(after: string | null): Promise<string | null>;
   /** Deletes up to `limit` sessions of the tenant that ended before `cutoff`, and their refresh tokens. */

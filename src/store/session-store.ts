@@ -197,25 +197,39 @@ export function createSessionStore(pool: Pool): SessionStore {
       return stateLoader.load([tenantId, id]);
     },
 
+    /**
+     * One keyset page, newest first. Each status is read as index ranges that hold only what it
+     * returns: active is state 0 (less the few whose end the sweep has yet to record), revoked is
+     * state 2, and expired is two ranges merged, ends recorded (state 1) and ends not yet recorded
+     * (state 0 past ends_at, few while the sweep runs, found by sessions_by_end).
+     */
     async listSessions(tenantId, q: ListQuery) {
-      const where = ["tenant_id = ?"];
-      const params: unknown[] = [tenantId];
-      if (q.userId !== undefined) {
-        where.push("user_id = ?");
-        params.push(q.userId);
+      const page = (condition: string, conditionParams: unknown[]) => {
+        const where = ["tenant_id = ?", condition];
+        const params: unknown[] = [tenantId, ...conditionParams];
+        if (q.userId !== undefined) {
+          where.push("user_id = ?");
+          params.push(q.userId);
+        }
+        if (q.after !== undefined) {
+          where.push("(created_at < ? OR (created_at = ? AND id < ?))");
+          params.push(q.after.createdAt, q.after.createdAt, q.after.id);
+        }
+        params.push(q.limit);
+        return { sql: `SELECT ${columns} FROM sessions WHERE ${where.join(" AND ")} ORDER BY created_at DESC, id DESC LIMIT ?`, params };
+      };
+      let statement: { sql: string; params: unknown[] };
+      if (q.status === "expired") {
+        const recorded = page(`state = ${state.endedByTime}`, []);
+        const unrecorded = page(`state = ${state.open} AND ends_at <= ?`, [q.now]);
+        statement = {
+          sql: `(${recorded.sql}) UNION ALL (${unrecorded.sql}) ORDER BY created_at DESC, id DESC LIMIT ?`,
+          params: [...recorded.params, ...unrecorded.params, q.limit],
+        };
+      } else {
+        statement = page(statusCondition[q.status], usesNow(q.status) ? [q.now] : []);
       }
-      where.push(statusCondition[q.status]);
-      if (usesNow(q.status)) params.push(q.now);
-      if (q.after !== undefined) {
-        where.push("(created_at < ? OR (created_at = ? AND id < ?))");
-        params.push(q.after.createdAt, q.after.createdAt, q.after.id);
-      }
-      params.push(q.limit);
-      const rows = await query<SessionRow[]>(
-        pool,
-        `SELECT ${columns} FROM sessions WHERE ${where.join(" AND ")} ORDER BY created_at DESC, id DESC LIMIT ?`,
-        params,
-      );
+      const rows = await query<SessionRow[]>(pool, statement.sql, statement.params);
       return rows.map(toSession);
     },
 

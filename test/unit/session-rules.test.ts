@@ -3,7 +3,7 @@ import { wholeSeconds } from "../../src/domain/clock.js";
 import { endOf, scheduledEndOf, statusOf, type RecordedEnd, type SessionEndState } from "../../src/domain/model.js";
 import { defaultPolicy, validatePolicy } from "../../src/domain/policy.js";
 import { decideRefresh } from "../../src/domain/session-service.js";
-import { retentionCutoff } from "../../src/domain/retention.js";
+import { retentionCutoff } from "../../src/domain/sweep.js";
 import type { Session } from "../../src/domain/model.js";
 
 /** The pure rules of a session's life: status and end, the refresh decision, time precision, retention. */

@@ -3,7 +3,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SessionPolicy } from "../src/domain/model.js";
 import { defaultPolicy } from "../src/domain/policy.js";
-import { purgeBatchSize } from "../src/domain/retention.js";
+import { purgeBatchSize } from "../src/domain/sweep.js";
 import { newId } from "../src/domain/secrets.js";
 import { openServices, type Services } from "../src/services.js";
 import { createPolicyStore } from "../src/store/policy-store.js";
@@ -11,7 +11,7 @@ import { manualClock } from "./helpers/clock.js";
 import { dropDatabase, testConfig } from "./helpers/db.js";
 import { createInput } from "./helpers/sessions.js";
 
-/** The retention sweep against the real database: what goes, what stays, one instance at a time. */
+/** The session sweep against the real database: ends recorded, what retention deletes, what stays, one instance at a time. */
 
 const run = promisify(execFile);
 const day = 24 * 60 * 60 * 1000;
@@ -40,6 +40,43 @@ async function count(sql: string, params: unknown[]): Promise<number> {
 const sessionsOf = (tenantId: string) => count("SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = ?", [tenantId]);
 const tokensOf = (tenantId: string) => count("SELECT COUNT(*) AS n FROM refresh_tokens WHERE tenant_id = ?", [tenantId]);
 
+describe("recording ends by time", () => {
+  it("records the end of sessions past their expiry or idle deadline, with the domain's reason, and nothing else", async () => {
+    const tenant = await tenantWith({ sessionLifetimeSeconds: 3_600, idleTimeoutSeconds: 600 });
+    const svc = services.sessionService;
+    const idle = await svc.create(tenant, createInput({ userId: "idle" }));
+    const kept = await svc.create(tenant, createInput({ userId: "kept" }));
+    const revoked = await svc.create(tenant, createInput({ userId: "revoked" }));
+    await svc.revoke(tenant, revoked.session.id, null);
+    clock.advance(500_000);
+    await svc.refresh(tenant, kept.refreshToken);
+    clock.advance(200_000); // idle is past its 600 s idle deadline; kept was refreshed 200 s ago
+    const before = await svc.get(tenant, idle.session.id);
+    const report = await services.sessionSweep.sweepOnce();
+    expect(report?.endsRecorded).toBeGreaterThanOrEqual(1);
+    const [rows] = (await services.pool.query("SELECT CAST(id AS CHAR) AS id, state, end_reason FROM sessions WHERE tenant_id = ? ORDER BY id", [tenant])) as unknown as [
+      { id: string; state: number; end_reason: string | null }[],
+    ];
+    expect(Object.fromEntries(rows.map((r) => [r.id, [r.state, r.end_reason]]))).toEqual({
+      [idle.session.id]: [1, "idle_timeout"],
+      [kept.session.id]: [0, null],
+      [revoked.session.id]: [2, "revoked"],
+    });
+    // What the API says of it does not change by being recorded.
+    expect(await svc.get(tenant, idle.session.id)).toMatchObject({ recordedEnd: { at: before.idleExpiresAt, reason: "idle_timeout" } });
+    const expired = await svc.list(tenant, { status: "expired", limit: 10 });
+    expect(expired.sessions.map((s) => s.id)).toEqual([idle.session.id]);
+    // The absolute expiry too, where no idle deadline comes first.
+    const noIdle = await tenantWith({ sessionLifetimeSeconds: 3_600 });
+    const lasting = await svc.create(noIdle, createInput({ userId: "lasting" }));
+    clock.advance(3_600_000);
+    await services.sessionSweep.sweepOnce();
+    expect((await svc.get(noIdle, lasting.session.id)).recordedEnd).toMatchObject({ at: lasting.session.expiresAt, reason: "expired" });
+    expect((await svc.get(tenant, kept.session.id)).recordedEnd).toMatchObject({ reason: "idle_timeout" });
+    expect(await services.metricsRegistry.metrics()).toMatch(/sessions_ended_recorded_total [1-9]/);
+  });
+});
+
 describe("retention sweep", () => {
   it("deletes sessions 30 days after they ended, with their tokens, and rotated tokens 30 days after rotation; keeps the rest", async () => {
     const tenant = await tenantWith({ sessionLifetimeSeconds: 10 * 24 * 3600, idleTimeoutSeconds: 24 * 3600 });
@@ -62,8 +99,8 @@ describe("retention sweep", () => {
 
     // Over 30 days after the revoke and the idle end, not yet after the absolute expiry of the others.
     clock.advance(22 * day + 3_600_000);
-    const plan = await services.retentionSweep.sweepOnce();
-    expect(plan?.tenants.find((t) => t.tenantId === tenant)).toMatchObject({ sessions: 2, refreshTokens: 2 + 1 + 2 });
+    const plan = await services.sessionSweep.sweepOnce();
+    expect(plan?.purged.tenants.find((t) => t.tenantId === tenant)).toMatchObject({ sessions: 2, refreshTokens: 2 + 1 + 2 });
     const remaining = (await svc.list(tenant, { status: "expired", limit: 10 })).sessions.map((s) => s.id).sort();
     expect(remaining).toEqual([expiring.session.id, living.session.id].sort());
     await expect(svc.get(tenant, revoked.session.id)).rejects.toMatchObject({ code: "session_not_found" });
@@ -71,12 +108,13 @@ describe("retention sweep", () => {
     // The two remaining sessions' tokens rotated over 30 days ago are gone; later ones stay.
     expect(await tokensOf(tenant)).toBe(2 * 10 - 2);
 
-    // A token deleted by retention is unknown: refused, without revoking its session.
+    // A token deleted by retention is unknown: refused, without revoking its session (whose end by
+    // time the sweep has recorded).
     await expect(svc.refresh(tenant, living.refreshToken)).rejects.toMatchObject({ code: "refresh_token_invalid" });
-    expect((await svc.get(tenant, living.session.id)).recordedEnd).toBeNull();
+    expect((await svc.get(tenant, living.session.id)).recordedEnd?.reason).toBe("idle_timeout");
 
     clock.advance(30 * day);
-    await services.retentionSweep.sweepOnce();
+    await services.sessionSweep.sweepOnce();
     expect(await sessionsOf(tenant)).toBe(0);
     expect(await tokensOf(tenant)).toBe(0);
   });
@@ -97,8 +135,8 @@ describe("retention sweep", () => {
        VALUES ?`,
       [rows],
     );
-    const report = await services.retentionSweep.sweepOnce();
-    expect(report?.tenants.find((t) => t.tenantId === tenant)?.sessions).toBe(2 * purgeBatchSize + 7);
+    const report = await services.sessionSweep.sweepOnce();
+    expect(report?.purged.tenants.find((t) => t.tenantId === tenant)?.sessions).toBe(2 * purgeBatchSize + 7);
     expect(await sessionsOf(tenant)).toBe(0);
     expect((await services.sessionService.get(other, kept.session.id)).id).toBe(kept.session.id);
   });
@@ -106,21 +144,21 @@ describe("retention sweep", () => {
   it("runs on one instance at a time: a second instance skips while the first holds the lease", async () => {
     const peer = await openServices({ ...config }, { clock });
     try {
-      const results = await Promise.all([services.retentionSweep.sweepOnce(), peer.retentionSweep.sweepOnce()]);
+      const results = await Promise.all([services.sessionSweep.sweepOnce(), peer.sessionSweep.sweepOnce()]);
       expect(results.filter((r) => r !== undefined)).toHaveLength(1);
       // The holder renews; the other keeps skipping until the lease runs out.
       const holder = results[0] !== undefined ? services : peer;
       const waiter = holder === services ? peer : services;
-      expect(await holder.retentionSweep.sweepOnce()).toBeDefined();
-      expect(await waiter.retentionSweep.sweepOnce()).toBeUndefined();
+      expect(await holder.sessionSweep.sweepOnce()).toBeDefined();
+      expect(await waiter.sessionSweep.sweepOnce()).toBeUndefined();
       clock.advance(61 * 60_000);
-      expect(await waiter.retentionSweep.sweepOnce()).toBeDefined();
+      expect(await waiter.sessionSweep.sweepOnce()).toBeDefined();
       // A holder that shuts down hands the lease over at once.
       const third = await openServices({ ...config }, { clock });
       try {
-        expect(await third.retentionSweep.sweepOnce()).toBeUndefined();
-        await waiter.retentionSweep.stop();
-        expect(await third.retentionSweep.sweepOnce()).toBeDefined();
+        expect(await third.sessionSweep.sweepOnce()).toBeUndefined();
+        await waiter.sessionSweep.stop();
+        expect(await third.sessionSweep.sweepOnce()).toBeDefined();
       } finally {
         await third.close();
       }

@@ -1,5 +1,6 @@
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
-import type { RetentionStore } from "../domain/ports.js";
+import type { EndReason } from "../domain/model.js";
+import type { SweepStore } from "../domain/ports.js";
 import { inTransaction, query, text, type Pool } from "./db.js";
 
 /**
@@ -8,7 +9,7 @@ import { inTransaction, query, text, type Pool } from "./db.js";
  * the rows deleted are locked (no gap locks that would hold up creates and refreshes next to them)
  * and only for one short transaction.
  */
-export function createRetentionStore(pool: Pool): RetentionStore {
+export function createSweepStore(pool: Pool): SweepStore {
   const readCommitted = { isolation: "READ COMMITTED" } as const;
 
   async function endedSessionIds(tenantId: string, cutoff: Date, limit: number): Promise<string[]> {
@@ -22,6 +23,38 @@ export function createRetentionStore(pool: Pool): RetentionStore {
   }
 
   return {
+    async sessionsDueToEnd(tenantId, now, limit) {
+      const rows = await query<RowDataPacket[]>(
+        pool,
+        "SELECT id, expires_at, idle_expires_at FROM sessions WHERE tenant_id = ? AND state = 0 AND ends_at <= ? LIMIT ?",
+        [tenantId, now, limit],
+      );
+      return rows.map((r) => ({ id: text(r.id as Buffer), expiresAt: r.expires_at as Date, idleExpiresAt: r.idle_expires_at as Date | null, recordedEnd: null }));
+    },
+
+    async recordEnds(tenantId, now, ends) {
+      if (ends.length === 0) return 0;
+      const byReason = new Map<EndReason, string[]>();
+      for (const end of ends) byReason.set(end.reason, [...(byReason.get(end.reason) ?? []), end.id]);
+      return inTransaction(
+        pool,
+        async (conn) => {
+          let recorded = 0;
+          for (const [reason, ids] of byReason) {
+            // ends_at already holds the scheduled end (now the recorded one); a revoke since the
+            // read set the state, which keeps its row out.
+            const [updated] = await conn.query<ResultSetHeader>(
+              "UPDATE sessions SET state = 1, end_reason = ? WHERE tenant_id = ? AND id IN (?) AND state = 0 AND ends_at <= ?",
+              [reason, tenantId, ids, now],
+            );
+            recorded += updated.affectedRows;
+          }
+          return recorded;
+        },
+        readCommitted,
+      );
+    },
+
     async nextTenantWithSessions(after) {
       const rows = await query<RowDataPacket[]>(
         pool,

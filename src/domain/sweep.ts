@@ -1,4 +1,5 @@
-import type { PurgeCounts, RetentionStore } from "./ports.js";
+import { scheduledEndOf } from "./model.js";
+import type { PurgeCounts, SweepStore } from "./ports.js";
 
 /**
  * Retention: a session is deleted, with every refresh token it had, once it has been over for
@@ -10,8 +11,27 @@ export function retentionCutoff(now: Date, retentionDays: number): Date {
   return new Date(now.getTime() - retentionDays * 24 * 60 * 60 * 1000);
 }
 
-/** Rows one purge statement touches at most: small enough that no lock is held for long. */
+/** Rows one sweep statement touches at most: small enough that no lock is held for long. */
 export const purgeBatchSize = 500;
+
+/**
+ * Records the end of every session whose scheduled end (absolute expiry or idle deadline) has come
+ * but that has no recorded end yet, tenant by tenant, in batches. A session's status never waits
+ * for this (it is derived at read time); recording the end keeps the sessions still open a small
+ * set that lists read by index, and is when the service learns of the end. Returns how many.
+ */
+export async function recordTimeEnds(store: SweepStore, now: Date, beforeBatch: () => Promise<boolean> = async () => true): Promise<number> {
+  let recorded = 0;
+  for (let tenantId = await store.nextTenantWithSessions(null); tenantId !== null; tenantId = await store.nextTenantWithSessions(tenantId)) {
+    for (let isDone = false; !isDone; ) {
+      if (!(await beforeBatch())) return recorded;
+      const due = await store.sessionsDueToEnd(tenantId, now, purgeBatchSize);
+      recorded += await store.recordEnds(tenantId, now, due.map((s) => ({ id: s.id, reason: scheduledEndOf(s).reason })));
+      isDone = due.length < purgeBatchSize;
+    }
+  }
+  return recorded;
+}
 
 export interface PurgeReport {
   cutoff: Date;
@@ -25,7 +45,7 @@ export interface PurgeReport {
  * (a lease lost, a shutdown).
  */
 export async function purge(
-  store: RetentionStore,
+  store: SweepStore,
   cutoff: Date,
   { dryRun = false, beforeBatch = async () => true }: { dryRun?: boolean; beforeBatch?: () => Promise<boolean> } = {},
 ): Promise<PurgeReport> {
@@ -41,7 +61,7 @@ export async function purge(
 }
 
 /** Purges one tenant; undefined when `beforeBatch` stopped it part-way (what was deleted stays deleted). */
-async function purgeTenant(store: RetentionStore, tenantId: string, cutoff: Date, beforeBatch: () => Promise<boolean>) {
+async function purgeTenant(store: SweepStore, tenantId: string, cutoff: Date, beforeBatch: () => Promise<boolean>) {
   const counts: PurgeCounts = { sessions: 0, refreshTokens: 0 };
   for (let isDone = false; !isDone; ) {
     if (!(await beforeBatch())) return undefined;
