@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import http2 from "node:http2";
-import { setTimeout as sleep } from "node:timers/promises";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { VerifyTokenRequestSchema } from "../gen/sessions/v1/sessions_pb.js";
 import { openServices } from "../src/services.js";
 import { poolStats } from "../src/store/db.js";
+import { rotationStatement, whileRowLocked } from "./helpers/row-lock.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
 /**
@@ -150,31 +150,20 @@ describe("in-process server", () => {
   it("40 refreshes piling onto a locked session hold one connection; unrelated refreshes go on meanwhile", async () => {
     const locked = await createSession("usr_locked");
     const others = await Promise.all([1, 2, 3, 4, 5].map(() => createSession("usr_free")));
-    const side = await server.services.pool.getConnection();
     const refresh = (token: string) =>
       fetch(`${server.url}/v1/auth/token/refresh`, { method: "POST", headers: { "content-type": "application/json", "x-tenant-id": server.tenant.id }, body: JSON.stringify({ refresh_token: token }) });
-    let pile: Promise<Response[]> | undefined;
-    try {
-      await side.beginTransaction();
-      await side.query("SELECT id FROM sessions WHERE tenant_id = ? AND id = ? FOR UPDATE", [server.tenant.id, locked.session.id]);
-      pile = Promise.all(Array.from({ length: 40 }, () => refresh(locked.refresh_token)));
-      // Wait until one of them is inside the database, waiting for the row (the refresh's locking read).
-      for (;;) {
-        const [rows] = (await side.query(
-          "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID() AND command = 'Query' AND info LIKE '%FOR UPDATE%'",
-        )) as unknown as [{ n: number }[]];
-        if (Number(rows[0]!.n) >= 1) break;
-        await sleep(20);
-      }
-      // The other 39 wait in memory: the pool holds the side connection and the one waiter.
-      expect(poolStats(server.services.pool).inUse).toBeLessThanOrEqual(2);
-      const free = await Promise.all(others.map((o) => refresh(o.refresh_token)));
-      expect(free.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
-    } finally {
-      await side.rollback();
-      side.release();
-    }
-    const piled = await pile!;
+    // One of the 40 is inside the database, blocked on the row in its write; the other 39 wait in
+    // memory: the pool holds the side connection and that one writer.
+    const piled = await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: locked.session.id }, {
+      writers: 1,
+      blockedStatement: rotationStatement,
+      start: () => Array.from({ length: 40 }, () => refresh(locked.refresh_token)),
+      during: async () => {
+        expect(poolStats(server.services.pool).inUse).toBeLessThanOrEqual(2);
+        const free = await Promise.all(others.map((o) => refresh(o.refresh_token)));
+        expect(free.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+      },
+    });
     const statuses = piled.map((r) => r.status);
     // Each waits at most its own 5 s budget; those that got the row got the one successor.
     expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);

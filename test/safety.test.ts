@@ -8,6 +8,7 @@ import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionService, type CreateSessionResponse, type RefreshSessionResponse } from "../gen/sessions/v1/sessions_pb.js";
 import { manualClock } from "./helpers/clock.js";
+import { rotationStatement, whileRowLocked } from "./helpers/row-lock.js";
 import { callUnary, callUnaryWithHeaders, grpcClient } from "./helpers/grpc-client.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
@@ -125,6 +126,30 @@ describe("refresh: a grace retry hands out the same successor", () => {
     } finally {
       for (const c of clients) c.close();
     }
+  });
+
+  it("a revoke that commits between a refresh's read and its write wins: the refresh writes nothing and says so", async () => {
+    const { session, refresh_token: t0 } = await create("usr_revoked_midway");
+    const [answer] = await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: session.id }, {
+      writers: 1,
+      blockedStatement: rotationStatement,
+      start: () => [refresh(t0)],
+      during: async (side) => {
+        await side.query("UPDATE sessions SET state = 2, ends_at = ?, end_reason = 'revoked' WHERE tenant_id = ? AND id = ?", [
+          new Date(Math.floor(clock.now().getTime() / 1000) * 1000),
+          server.tenant.id,
+          session.id,
+        ]);
+      },
+    });
+    expect(answer!.status).toBe(401);
+    expect(answer!.json?.error.code).toBe("session_revoked");
+    // The presented token was not retired and the session names no other live token.
+    const [rows] = (await server.services.pool.query(
+      "SELECT t.rotated_at, s.refresh_token_hash = t.token_hash AS is_live FROM refresh_tokens t JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id WHERE t.tenant_id = ? AND t.session_id = ? AND s.refresh_token_hash = t.token_hash",
+      [server.tenant.id, session.id],
+    )) as unknown as [{ rotated_at: Date | null }[]];
+    expect(rows).toEqual([expect.objectContaining({ rotated_at: null })]);
   });
 
   it("reuse after the grace window, or after the successor was used, still revokes the session", async () => {

@@ -1,4 +1,4 @@
-import { LRUCache } from "lru-cache";
+import { lruCache } from "./lru.js";
 import type { Clock } from "./clock.js";
 import { AppError } from "./errors.js";
 import type { ApiKey } from "./model.js";
@@ -61,8 +61,8 @@ export interface Authenticator {
  * up and keep working after their cache entry expires, while guessed keys are not.
  */
 export function createAuthenticator(store: TenantStore, clock: Clock, cacheSeconds: number): Authenticator {
-  const cache = cacheSeconds > 0 ? new LRUCache<string, { keyId: string | null }>({ max: 50_000, ttl: cacheSeconds * 1000 }) : undefined;
-  const recentlyValid = new LRUCache<string, true>({ max: 50_000, ttl: 60 * 60 * 1000 });
+  const cache = cacheSeconds > 0 ? lruCache<string, { keyId: string | null }>(50_000, cacheSeconds * 1000) : undefined;
+  const recentlyValid = lruCache<string, true>(50_000, 60 * 60 * 1000);
   const invalid = () => new AppError("invalid_api_key", "the API key is invalid for this tenant");
 
   return {

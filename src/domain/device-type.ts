@@ -1,4 +1,4 @@
-import { LRUCache } from "lru-cache";
+import { lruCache } from "./lru.js";
 import { UAParser } from "ua-parser-js";
 import { Bots, Crawlers } from "ua-parser-js/extensions";
 import { isBot } from "ua-parser-js/helpers";
@@ -7,7 +7,7 @@ import type { DeviceType } from "./model.js";
 const botExtensions = [Bots, Crawlers].flat();
 
 // Parsing costs ~75 µs and real traffic repeats a few thousand user agents: remember the answers.
-const cache = new LRUCache<string, DeviceType>({ max: 5_000 });
+const cache = lruCache<string, DeviceType>(5_000);
 
 /** Derives the device type from a User-Agent; ua-parser-js knows far more devices than we could list. */
 export function deviceTypeFromUserAgent(userAgent: string): DeviceType {

@@ -1,4 +1,4 @@
-import { LRUCache } from "lru-cache";
+import { lruCache } from "./lru.js";
 import { AppError } from "./errors.js";
 import type { SessionPolicy } from "./model.js";
 import type { PolicyStore } from "./ports.js";
@@ -46,7 +46,7 @@ export interface PolicySource {
  * takes effect on every instance within that time.
  */
 export function createPolicySource(store: PolicyStore, cacheSeconds: number): PolicySource {
-  const cache = cacheSeconds > 0 ? new LRUCache<string, SessionPolicy>({ max: 10_000, ttl: cacheSeconds * 1000 }) : undefined;
+  const cache = cacheSeconds > 0 ? lruCache<string, SessionPolicy>(10_000, cacheSeconds * 1000) : undefined;
   return {
     async policyFor(tenantId) {
       let policy = cache?.get(tenantId);

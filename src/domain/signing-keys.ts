@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
-import { LRUCache } from "lru-cache";
+import { lruCache } from "./lru.js";
 import { errors as joseErrors, jwtVerify, SignJWT, type JWK, type JWTPayload, type ProtectedHeaderParameters } from "jose";
 import { throwIfCancelled } from "./call-context.js";
 import type { Clock } from "./clock.js";
@@ -236,7 +236,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvali
    * still published, so a revoked key's tokens fail at once; the session's state is still read on
    * every verify. Bounded: 50,000 tokens of ~1 KB of claims each.
    */
-  const verified = new LRUCache<string, { claims: AccessTokenClaims; header: ProtectedHeaderParameters }>({ max: 50_000 });
+  const verified = lruCache<string, { claims: AccessTokenClaims; header: ProtectedHeaderParameters }>(50_000);
 
   /** Reads the key table; a bad row is skipped and reported, the good ones load all the same. */
   async function reload(): Promise<void> {

@@ -328,6 +328,23 @@ export async function inTransaction<T>(
   return oneAtATime(key, deadline, () => runTransaction(pool, deadline, work, serializeOn, isolation));
 }
 
+/**
+ * Runs `work` on one pooled connection within one budget, in autocommit mode (each statement commits
+ * on its own), queued behind other work on the same `rowKey` (if any) on this instance as
+ * inTransaction is, and run again after a deadlock or lock-wait timeout as a transaction would be
+ * (so each statement must be safe to repeat). For work made of single statements, each guarded by
+ * what it read, that needs no transaction's round trips.
+ */
+export async function onConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>, { rowKey }: { rowKey?: string } = {}): Promise<T> {
+  const deadline = operationDeadline();
+  const run = () => retryingLocks(deadline, () => withConnection(pool, deadline, work));
+  try {
+    return await (rowKey === undefined ? run() : oneAtATime(rowKey, deadline, run));
+  } catch (err) {
+    throw translateDriverError(err);
+  }
+}
+
 export interface TransactionOptions {
   /** Queues transactions on a named lock (GET_LOCK) first, across instances. */
   serializeOn?: string;
@@ -388,30 +405,41 @@ async function runTransaction<T>(
   serializeOn: string | undefined,
   isolation: TransactionOptions["isolation"],
 ): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await withConnection(pool, deadline, async (conn) => {
-        if (serializeOn !== undefined) await takeNamedLock(conn, serializeOn, deadline);
+  return retryingLocks(deadline, () =>
+    withConnection(pool, deadline, async (conn) => {
+      if (serializeOn !== undefined) await takeNamedLock(conn, serializeOn, deadline);
+      try {
+        // For the next transaction only; READ COMMITTED takes no gap locks on what it scans.
+        if (isolation !== undefined) await conn.query(`SET TRANSACTION ISOLATION LEVEL ${isolation}`);
+        await conn.beginTransaction();
         try {
-          // For the next transaction only; READ COMMITTED takes no gap locks on what it scans.
-          if (isolation !== undefined) await conn.query(`SET TRANSACTION ISOLATION LEVEL ${isolation}`);
-          await conn.beginTransaction();
-          try {
-            const result = await work(conn);
-            await conn.commit();
-            return result;
-          } catch (err) {
-            // A connection that cannot roll back is in an unknown state: never hand it to the next caller.
-            await conn.rollback().catch(() => discard(conn));
-            throw err;
-          }
-        } finally {
-          if (serializeOn !== undefined) await conn.query("SELECT RELEASE_LOCK(?)", [namedLock(serializeOn)]).catch(() => discard(conn));
+          const result = await work(conn);
+          await conn.commit();
+          return result;
+        } catch (err) {
+          // A connection that cannot roll back is in an unknown state: never hand it to the next caller.
+          await conn.rollback().catch(() => discard(conn));
+          throw err;
         }
-      });
+      } finally {
+        if (serializeOn !== undefined) await conn.query("SELECT RELEASE_LOCK(?)", [namedLock(serializeOn)]).catch(() => discard(conn));
+      }
+    }),
+  );
+}
+
+/**
+ * Runs `attempt` again after a deadlock or a lock-wait timeout, at most `maxAttempts` times in all
+ * and only while another full lock wait fits in the deadline; any other error, or the last, is
+ * translated and thrown.
+ */
+async function retryingLocks<T>(deadline: Deadline, attempt: () => Promise<T>): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt();
     } catch (err) {
       const fitsAnotherWait = deadline.at - Date.now() > lockWaitTimeoutSeconds * 1000;
-      if (isRetryable(err) && attempt < maxAttempts && fitsAnotherWait) continue;
+      if (isRetryable(err) && n < maxAttempts && fitsAnotherWait) continue;
       throw translateDriverError(err);
     }
   }

@@ -1,6 +1,7 @@
 import DataLoader from "dataloader";
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import { throwIfCancelled, withoutCall } from "../domain/call-context.js";
+import { AppError } from "../domain/errors.js";
 import {
   isRevokeReason,
   scheduledEndOf,
@@ -11,7 +12,7 @@ import {
   type SessionEndState,
 } from "../domain/model.js";
 import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, Revocation, SessionStore } from "../domain/ports.js";
-import { inTransaction, query, text, type Pool } from "./db.js";
+import { inTransaction, onConnection, query, text, type Pool, type PoolConnection } from "./db.js";
 
 /**
  * How a session's end is stored (migration 0003): `state` says whether an end is recorded and of
@@ -143,7 +144,8 @@ export function createSessionStore(pool: Pool): SessionStore {
   return {
     async insertSession(s, refreshTokenHash, cap) {
       const insertToken: [string, unknown[]] = [
-        "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
+        // A repeat (a retry after a deadlock) finds its own row: token hashes are of 256 random bits.
+        "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE token_hash = token_hash",
         [s.tenantId, refreshTokenHash, s.id, s.createdAt],
       ];
       const insertSessionRow: [string, unknown[]] = [
@@ -155,12 +157,14 @@ export function createSessionStore(pool: Pool): SessionStore {
           s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, scheduledEndOf(s).at, refreshTokenHash],
       ];
       if (cap === null) {
-        // Two statements, no transaction (two round trips instead of four): the token row first, so
-        // that a session is never without its token's row. Should the session's insert fail, the
-        // token's row is left pointing at no session, which no refresh can use (it joins on the
-        // session); retention never sees it, and nothing else reads it.
-        await query(pool, ...insertToken);
-        await query(pool, ...insertSessionRow);
+        // Two statements on one connection within one budget, no transaction (two round trips
+        // instead of four): the token row first, so that a session is never without its token's row.
+        // Should the session's insert fail, the token's row is left pointing at no session, which no
+        // refresh can use (it joins on the session); retention never sees it, and nothing else reads it.
+        await onConnection(pool, async (conn) => {
+          await conn.query(...insertToken);
+          await conn.query(...insertSessionRow);
+        });
         return;
       }
       await inTransaction(pool, async (conn) => {
@@ -303,62 +307,94 @@ export function createSessionStore(pool: Pool): SessionStore {
     async refresh(tenantId, presentedHash, successorHash, now, decide: RefreshDecider): Promise<RefreshResult> {
       // Refreshes of one token (a storm of tabs or retries) wait their turn in memory, not on connections.
       const rowKey = `refresh\0${tenantId}\0${presentedHash.toString("hex")}`;
-      return inTransaction(pool, async (conn) => {
-        // One statement locks the presented token and its session, both by primary key. Every
-        // rotation and revoke of a session writes its row, so they serialise on it; revokes lock
-        // nothing else, so no lock cycle is possible.
-        const [rows] = await conn.query<RefreshRow[]>(
-          `SELECT ${sessionColumnsOf("s")}, t.rotated_at AS t_rotated_at,
-                  (t.successor_hash = s.refresh_token_hash) AS is_successor_live,
-                  (t.successor_hash = ?) AS is_successor_derived
-             FROM refresh_tokens t
-             JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
-            WHERE t.tenant_id = ? AND t.token_hash = ?
-            FOR UPDATE`,
-          [successorHash, tenantId, presentedHash],
-        );
-        const row = rows[0];
-        if (!row) return { ok: false, error: "refresh_token_invalid" };
-        const session = toSession(row);
-        const decision = decide(
-          { rotatedAt: row.t_rotated_at, isSuccessorLive: row.is_successor_live === 1, isSuccessorDerived: row.is_successor_derived === 1 },
-          session,
-        );
-        if (decision.action === "reject") return { ok: false, error: decision.error };
-        if (decision.action === "revoke") {
-          await conn.query(revokeSql("tenant_id = ? AND id = ? AND state = ?"), [
-            ...revokeParams({ now: decision.at, reason: decision.reason, by: null }),
-            tenantId,
-            session.id,
-            state.open,
-          ]);
-          return { ok: false, error: decision.error };
+      // Read, decide, then write with one statement guarded by what was read: a write that finds the
+      // rows changed (another instance rotated or revoked in between) changes nothing, and the call
+      // reads and decides again. Three round trips for a rotation instead of a transaction's five,
+      // and no lock held while the service decides.
+      return onConnection(pool, async (conn) => {
+        for (let attempt = 1; attempt <= maxRefreshAttempts; attempt++) {
+          const outcome = await refreshOnce(conn, tenantId, presentedHash, successorHash, now, decide);
+          if (outcome !== "changed") return outcome;
         }
-        const { activeAt, idleExpiresAt } = decision;
-        const endsAt = scheduledEndOf({ expiresAt: session.expiresAt, idleExpiresAt }).at;
-        if (decision.action === "rotate") {
-          // The presented token is retired pointing at its successor, which becomes the session's
-          // one live token: one multi-table UPDATE writes the token row and the session row.
-          await conn.query(
-            `UPDATE sessions s JOIN refresh_tokens t ON t.tenant_id = s.tenant_id AND t.token_hash = ?
-                SET t.rotated_at = ?, t.successor_hash = ?,
-                    s.last_active_at = ?, s.idle_expires_at = ?, s.ends_at = ?, s.refresh_token_hash = ?
-              WHERE s.tenant_id = ? AND s.id = ?`,
-            [presentedHash, now, successorHash, activeAt, idleExpiresAt, endsAt, successorHash, tenantId, session.id],
-          );
-          await conn.query(
-            "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)",
-            [tenantId, successorHash, session.id, now],
-          );
-        } else {
-          // A retry: the live token stays as it is; only the session's activity moves.
-          await conn.query(
-            "UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ? WHERE tenant_id = ? AND id = ?",
-            [activeAt, idleExpiresAt, endsAt, tenantId, session.id],
-          );
-        }
-        return { ok: true, session: { ...session, lastActiveAt: activeAt, idleExpiresAt } };
+        throw new AppError("unavailable", "the session changed repeatedly during the refresh; retry shortly");
       }, { rowKey });
     },
   };
+}
+
+/** Reads, decides and writes again after a guarded write found its rows changed; past this, 503. */
+const maxRefreshAttempts = 4;
+
+/**
+ * One refresh attempt: reads the presented token and its session, asks the domain, and applies the
+ * decision with a single statement whose WHERE holds what the decision rests on. "changed": that
+ * statement matched nothing, so the rows moved on since the read.
+ */
+async function refreshOnce(
+  conn: PoolConnection,
+  tenantId: string,
+  presentedHash: Buffer,
+  successorHash: Buffer,
+  now: Date,
+  decide: RefreshDecider,
+): Promise<RefreshResult | "changed"> {
+  const [rows] = await conn.query<RefreshRow[]>(
+    `SELECT ${sessionColumnsOf("s")}, t.rotated_at AS t_rotated_at,
+            (t.successor_hash = s.refresh_token_hash) AS is_successor_live,
+            (t.successor_hash = ?) AS is_successor_derived
+       FROM refresh_tokens t
+       JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
+      WHERE t.tenant_id = ? AND t.token_hash = ?`,
+    [successorHash, tenantId, presentedHash],
+  );
+  const row = rows[0];
+  if (!row) return { ok: false, error: "refresh_token_invalid" };
+  const session = toSession(row);
+  const decision = decide(
+    { rotatedAt: row.t_rotated_at, isSuccessorLive: row.is_successor_live === 1, isSuccessorDerived: row.is_successor_derived === 1 },
+    session,
+  );
+  if (decision.action === "reject") return { ok: false, error: decision.error };
+  if (decision.action === "revoke") {
+    // A session that ended meanwhile stays as it ended; the answer is the same.
+    await conn.query(revokeSql("tenant_id = ? AND id = ? AND state = ?"), [
+      ...revokeParams({ now: decision.at, reason: decision.reason, by: null }),
+      tenantId,
+      session.id,
+      state.open,
+    ]);
+    return { ok: false, error: decision.error };
+  }
+  const { activeAt, idleExpiresAt } = decision;
+  const endsAt = scheduledEndOf({ expiresAt: session.expiresAt, idleExpiresAt }).at;
+  let changed: ResultSetHeader;
+  if (decision.action === "rotate") {
+    // The successor's row first, so the session never names a live token that has no row. It is
+    // derived from the presented token, so a concurrent or repeated attempt writes the same row.
+    await conn.query(
+      `INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)
+           ON DUPLICATE KEY UPDATE token_hash = token_hash`,
+      [tenantId, successorHash, session.id, now],
+    );
+    // Retires the presented token and makes the successor the session's live token in one
+    // statement, only if the presented token is still the live one of an open session.
+    [changed] = await conn.query<ResultSetHeader>(
+      `UPDATE sessions s JOIN refresh_tokens t ON t.tenant_id = s.tenant_id AND t.token_hash = ?
+          SET t.rotated_at = ?, t.successor_hash = ?,
+              s.last_active_at = ?, s.idle_expires_at = ?, s.ends_at = ?, s.refresh_token_hash = ?
+        WHERE s.tenant_id = ? AND s.id = ? AND s.state = ? AND s.refresh_token_hash = t.token_hash AND t.rotated_at IS NULL`,
+      [presentedHash, now, successorHash, activeAt, idleExpiresAt, endsAt, successorHash, tenantId, session.id, state.open],
+    );
+  } else {
+    // A retry: the live token stays as it is; only the session's activity moves, while the
+    // successor is still its live token (once the successor is used, this token is reuse).
+    [changed] = await conn.query<ResultSetHeader>(
+      `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?
+        WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
+      [activeAt, idleExpiresAt, endsAt, tenantId, session.id, state.open, successorHash],
+    );
+  }
+  // Rows matched, not rows changed (mysql2 connects with CLIENT_FOUND_ROWS).
+  if (changed.affectedRows === 0) return "changed";
+  return { ok: true, session: { ...session, lastActiveAt: activeAt, idleExpiresAt } };
 }
