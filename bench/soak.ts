@@ -134,13 +134,18 @@ async function main() {
   const conn = await mysql.createConnection(databaseUrl);
   const lost: string[] = [];
   for (const id of acked.creates) {
-    const [rows] = (await conn.query("SELECT revoked_at FROM sessions WHERE tenant_id = ? AND id = ?", [tenantId, id])) as unknown as [{ revoked_at: Date | null }[]];
+    const [rows] = (await conn.query("SELECT state FROM sessions WHERE tenant_id = ? AND id = ?", [tenantId, id])) as unknown as [{ state: number }[]];
     if (rows.length === 0) lost.push(`create ${id}`);
-    else if (acked.revokes.has(id) && rows[0]!.revoked_at === null) lost.push(`revoke ${id}`);
+    else if (acked.revokes.has(id) && rows[0]!.state !== 2) lost.push(`revoke ${id}`);
   }
   for (const [token, sessionId] of acked.refreshTokens) {
-    const [rows] = (await conn.query("SELECT session_id FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ?", [tenantId, hashSecret(token)])) as unknown as [{ session_id: string }[]];
-    if (rows[0]?.session_id !== sessionId) lost.push(`refresh of ${sessionId}`);
+    // The token handed out is its session's live token, or has been rotated away since.
+    const [rows] = (await conn.query(
+      `SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ? AND refresh_token_hash = ?
+       UNION ALL SELECT 1 FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ? AND session_id = ?`,
+      [tenantId, sessionId, hashSecret(token), tenantId, hashSecret(token), sessionId],
+    )) as unknown as [unknown[]];
+    if (rows.length === 0) lost.push(`refresh of ${sessionId}`);
   }
   await conn.end();
   await db.destroy();

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError } from "../src/domain/errors.js";
 import { openServices, type Services } from "../src/services.js";
@@ -155,7 +156,7 @@ describe("revoke", () => {
     const now = wholeSeconds(clock.now()); // as the service records every instant
     const later = new Date(now.getTime() + 30 * 24 * 3600 * 1000);
     const row = (i: number, user: string) => [
-      tenant, `ses_${String(i).padStart(26, "0")}`, user, "", "", "", "unknown", "member", null, 0, now, now, later, null, 0, later, Buffer.alloc(32, i % 256),
+      tenant, `ses_${String(i).padStart(26, "0")}`, user, "", "", "", "unknown", "member", null, 0, now, now, later, null, 0, later, createHash("sha256").update(`token ${i}`).digest(),
     ];
     const rows = [...Array.from({ length: 1_234 }, (_, i) => row(i, "usr_bulk")), ...Array.from({ length: 10 }, (_, i) => row(5_000 + i, "usr_bystander"))];
     await services.pool.query(
@@ -268,13 +269,17 @@ describe("refresh", () => {
     expect(results.filter((r) => r.status === "rejected")).toEqual([]);
     expect(successes.length).toBe(n);
     expect(new Set(successes.map((s) => s.refreshToken)).size).toBe(1);
-    // Exactly one refresh token of the session is live, and it is one of those handed out.
-    const [rows] = (await services.pool.query(
-      "SELECT token_hash FROM refresh_tokens WHERE tenant_id = ? AND session_id = ? AND rotated_at IS NULL",
-      [tenantA, pair.session.id],
-    )) as unknown as [{ token_hash: Buffer }[]];
-    expect(rows.length).toBe(1);
-    const live = successes.find((s) => hashSecret(s.refreshToken).equals(rows[0]!.token_hash));
+    // The session's live token is the one handed out, and the presented one is on record as rotated.
+    const [rows] = (await services.pool.query("SELECT refresh_token_hash FROM sessions WHERE tenant_id = ? AND id = ?", [
+      tenantA,
+      pair.session.id,
+    ])) as unknown as [{ refresh_token_hash: Buffer }[]];
+    const live = successes.find((s) => hashSecret(s.refreshToken).equals(rows[0]!.refresh_token_hash));
+    const [rotated] = (await services.pool.query("SELECT successor_hash FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ? AND rotated_at IS NOT NULL", [
+      tenantA,
+      hashSecret(pair.refreshToken),
+    ])) as unknown as [{ successor_hash: Buffer }[]];
+    expect(rotated[0]?.successor_hash).toEqual(rows[0]!.refresh_token_hash);
     expect(live).toBeDefined();
     clock.advance(11_000);
     await services.sessionService.refresh(tenantA, live!.refreshToken);

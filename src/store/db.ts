@@ -333,16 +333,15 @@ export async function inTransaction<T>(
 
 /**
  * Runs `work` on one pooled connection within one budget, in autocommit mode (each statement commits
- * on its own), queued behind other work on the same `rowKey` (if any) on this instance as
- * inTransaction is, and run again after a deadlock or lock-wait timeout as a transaction would be
- * (so each statement must be safe to repeat). For work made of single statements, each guarded by
- * what it read, that needs no transaction's round trips.
+ * on its own), queued behind other work on the same `rowKey` on this instance as inTransaction is,
+ * and run again after a deadlock or lock-wait timeout as a transaction would be (so each statement
+ * must be safe to repeat). For work made of single statements, each guarded by what it read, that
+ * needs no transaction's round trips.
  */
-export async function onConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>, { rowKey }: { rowKey?: string } = {}): Promise<T> {
+export async function onConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>, { rowKey }: { rowKey: string }): Promise<T> {
   const deadline = operationDeadline();
-  const run = () => retryingLocks(deadline, () => withConnection(pool, deadline, work));
   try {
-    return await (rowKey === undefined ? run() : oneAtATime(rowKey, deadline, run));
+    return await oneAtATime(rowKey, deadline, () => retryingLocks(deadline, () => withConnection(pool, deadline, work)));
   } catch (err) {
     throw translateDriverError(err);
   }

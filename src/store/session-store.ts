@@ -68,6 +68,7 @@ interface RefreshRow extends SessionRow {
   t_rotated_at: Date | null;
   is_successor_live: number;
   is_successor_derived: number;
+  is_live: number;
 }
 
 function toEndState(row: EndRow): SessionEndState {
@@ -143,11 +144,6 @@ export function createSessionStore(pool: Pool): SessionStore {
 
   return {
     async insertSession(s, refreshTokenHash, cap) {
-      const insertToken: [string, unknown[]] = [
-        // A repeat (a retry after a deadlock) finds its own row: token hashes are of 256 random bits.
-        "INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE token_hash = token_hash",
-        [s.tenantId, refreshTokenHash, s.id, s.createdAt],
-      ];
       const insertSessionRow: [string, unknown[]] = [
         `INSERT INTO sessions (tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id,
                                mfa_verified, created_at, last_active_at, expires_at, idle_expires_at, state, ends_at,
@@ -156,15 +152,9 @@ export function createSessionStore(pool: Pool): SessionStore {
         [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
           s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, scheduledEndOf(s).at, refreshTokenHash],
       ];
+      // One row: the session holds its live refresh token (refresh_tokens keeps rotated ones).
       if (cap === null) {
-        // Two statements on one connection within one budget, no transaction (two round trips
-        // instead of four): the token row first, so that a session is never without its token's row.
-        // Should the session's insert fail, the token's row is left pointing at no session, which no
-        // refresh can use (it joins on the session); retention never sees it, and nothing else reads it.
-        await onConnection(pool, async (conn) => {
-          await conn.query(...insertToken);
-          await conn.query(...insertSessionRow);
-        });
+        await query(pool, ...insertSessionRow);
         return;
       }
       await inTransaction(pool, async (conn) => {
@@ -183,7 +173,6 @@ export function createSessionStore(pool: Pool): SessionStore {
             excess,
           ]);
         }
-        await conn.query(...insertToken);
         await conn.query(...insertSessionRow);
       }, { serializeOn: `user-cap\0${s.tenantId}\0${s.userId}` });
     },
@@ -338,14 +327,21 @@ async function refreshOnce(
   now: Date,
   decide: RefreshDecider,
 ): Promise<RefreshResult | "changed"> {
+  // The live token is the session's own (found by sessions_by_refresh_token); a rotated one has its
+  // row in refresh_tokens. A token that is both (its rotation was cut short between the two writes
+  // below) is still the live one.
   const [rows] = await conn.query<RefreshRow[]>(
-    `SELECT ${sessionColumnsOf("s")}, t.rotated_at AS t_rotated_at,
-            (t.successor_hash = s.refresh_token_hash) AS is_successor_live,
-            (t.successor_hash = ?) AS is_successor_derived
-       FROM refresh_tokens t
-       JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
-      WHERE t.tenant_id = ? AND t.token_hash = ?`,
-    [successorHash, tenantId, presentedHash],
+    `(SELECT ${sessionColumnsOf("s")}, NULL AS t_rotated_at, 0 AS is_successor_live, 0 AS is_successor_derived, 1 AS is_live
+        FROM sessions s
+       WHERE s.tenant_id = ? AND s.refresh_token_hash = ?)
+     UNION ALL
+     (SELECT ${sessionColumnsOf("s")}, t.rotated_at, (t.successor_hash = s.refresh_token_hash), (t.successor_hash = ?), 0
+        FROM refresh_tokens t
+        JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
+       WHERE t.tenant_id = ? AND t.token_hash = ? AND t.rotated_at IS NOT NULL)
+     ORDER BY is_live DESC
+     LIMIT 1`,
+    [tenantId, presentedHash, successorHash, tenantId, presentedHash],
   );
   const row = rows[0];
   if (!row) return { ok: false, error: "refresh_token_invalid" };
@@ -369,21 +365,20 @@ async function refreshOnce(
   const endsAt = scheduledEndOf({ expiresAt: session.expiresAt, idleExpiresAt }).at;
   let changed: ResultSetHeader;
   if (decision.action === "rotate") {
-    // The successor's row first, so the session never names a live token that has no row. It is
-    // derived from the presented token, so a concurrent or repeated attempt writes the same row.
+    // The presented token's row as rotated first, then the session's live token moves to the
+    // successor only if the presented token is still the live one of an open session. Cut short
+    // between the two, the token is still live and the next attempt rotates it again; a concurrent
+    // or repeated attempt writes the same row (the successor is derived from the token), and the
+    // first rotation time stays.
     await conn.query(
-      `INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at) VALUES (?, ?, ?, ?)
-           ON DUPLICATE KEY UPDATE token_hash = token_hash`,
-      [tenantId, successorHash, session.id, now],
+      `INSERT INTO refresh_tokens (tenant_id, token_hash, session_id, created_at, rotated_at, successor_hash) VALUES (?, ?, ?, ?, ?, ?)
+           ON DUPLICATE KEY UPDATE rotated_at = COALESCE(rotated_at, ?), successor_hash = COALESCE(successor_hash, ?)`,
+      [tenantId, presentedHash, session.id, now, now, successorHash, now, successorHash],
     );
-    // Retires the presented token and makes the successor the session's live token in one
-    // statement, only if the presented token is still the live one of an open session.
     [changed] = await conn.query<ResultSetHeader>(
-      `UPDATE sessions s JOIN refresh_tokens t ON t.tenant_id = s.tenant_id AND t.token_hash = ?
-          SET t.rotated_at = ?, t.successor_hash = ?,
-              s.last_active_at = ?, s.idle_expires_at = ?, s.ends_at = ?, s.refresh_token_hash = ?
-        WHERE s.tenant_id = ? AND s.id = ? AND s.state = ? AND s.refresh_token_hash = t.token_hash AND t.rotated_at IS NULL`,
-      [presentedHash, now, successorHash, activeAt, idleExpiresAt, endsAt, successorHash, tenantId, session.id, state.open],
+      `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?, refresh_token_hash = ?
+        WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
+      [activeAt, idleExpiresAt, endsAt, successorHash, tenantId, session.id, state.open, presentedHash],
     );
   } else {
     // A retry: the live token stays as it is; only the session's activity moves, while the

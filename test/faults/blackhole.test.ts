@@ -148,10 +148,11 @@ describe("slow database", () => {
 
   it("latency beyond the budget ends in 503 within it, and the pool recovers", async () => {
     // The API key and tenant policy are cached from the call before: only the create's own
-    // transaction meets the latency. (Each database operation has its own budget; a request makes
-    // at most three in a row: key check, policy, the operation.)
+    // statement meets the latency, 3 s each way, so its one round trip outlasts the 5 s budget.
+    // (Each database operation has its own budget; a request makes at most three in a row: key
+    // check, policy, the operation.)
     await warm();
-    stack.proxy.setLatency(2_000);
+    stack.proxy.setLatency(3_000);
     const res = await createSession(stack.svc, "usr_very_slow", clientPatienceMs);
     expect(res.status, `${res.error ?? ""} after ${Math.round(res.ms)} ms`).toBe(503);
     expect(res.json?.error.code).toBe("unavailable");

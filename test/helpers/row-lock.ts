@@ -40,4 +40,4 @@ export async function whileRowLocked<T>(
 }
 
 /** The refresh's guarded write: rotation of the presented token. */
-export const rotationStatement = "UPDATE sessions s JOIN refresh_tokens t ON%";
+export const rotationStatement = "UPDATE sessions SET last_active_at = %, refresh_token_hash = %";
