@@ -36,6 +36,15 @@ const connectTimeoutMs = 2_000;
  * MySQL 8.0 and MariaDB 10.6+ (NO_AUTO_CREATE_USER, which MySQL 8 removed, is not named).
  */
 export const pinnedSqlMode = "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
+
+/**
+ * The character set of everything a connection sends and receives, whatever the server's default.
+ * mysql2 sends strings as UTF-8 and escapes them byte-wise for an ASCII-compatible charset: a
+ * connection the server reads as GBK, Big5 or SJIS (possible whatever the client asks for in its
+ * handshake, with --skip-character-set-client-handshake) takes 0xBF 0x5C as one character and lets
+ * the quote after it close the string.
+ */
+export const pinnedCharset = "utf8mb4";
 const lockWaitTimeoutSeconds = 2;
 export const operationTimeoutMs = 5_000;
 const maxAttempts = 3;
@@ -103,7 +112,7 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     // cannot surface as an unhandled 'error' event; the connection is then destroyed, so the
     // caller's statement fails (and is translated) rather than run in the server's own sql_mode.
     conn.query(
-      `SET SESSION sql_mode = '${pinnedSqlMode}', SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
+      `SET NAMES ${pinnedCharset}, SESSION sql_mode = '${pinnedSqlMode}', SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
       (err: unknown) => {
         if (err) tracked.stream.destroy();
       },
@@ -118,19 +127,29 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
   return pool;
 }
 
-/** What checkSession sends and expects back unchanged: every character escaping depends on. */
-const escapingProbe = "a'b\\c\"d`e\u0000f\nz";
+/**
+ * What checkSession sends and expects back unchanged: every character escaping depends on, and the
+ * UTF-8 of "中¿" whose bytes end in 0xBF (GBK's lead byte before a backslash).
+ */
+const escapingProbe = "a'b\\c\"d`e\u0000f\nz\u4e2d\u00bf'\\'";
 
 /**
- * At start, proves on a pooled connection what correctness relies on: the pinned sql_mode is in
- * force, and a string with quotes, backslashes and NUL goes to the server and back unchanged.
+ * At start, proves on a pooled connection what correctness relies on: the pinned sql_mode and
+ * character set are in force, and a string with quotes, backslashes, NUL and multi-byte characters
+ * goes to the server and back unchanged.
  */
 async function checkSession(pool: Pool): Promise<void> {
-  const rows = await query<RowDataPacket[]>(pool, "SELECT @@SESSION.sql_mode AS mode, ? AS probe", [escapingProbe]);
-  const { mode, probe } = rows[0] as { mode: string; probe: string };
+  const rows = await query<RowDataPacket[]>(
+    pool,
+    `SELECT @@SESSION.sql_mode AS mode, CONCAT_WS(',', @@character_set_client, @@character_set_connection, @@character_set_results) AS charsets, ? AS probe`,
+    [escapingProbe],
+  );
+  const { mode, charsets, probe } = rows[0] as { mode: string; charsets: string; probe: string };
   const modes = (list: string) => list.split(",").sort().join(",");
-  if (modes(mode) !== modes(pinnedSqlMode) || probe !== escapingProbe) {
-    throw new Error(`the database session does not run in the SQL mode the service pins (it has "${mode}"): refusing to start`);
+  if (modes(mode) !== modes(pinnedSqlMode) || charsets !== [pinnedCharset, pinnedCharset, pinnedCharset].join(",") || probe !== escapingProbe) {
+    throw new Error(
+      `the database session does not run in the SQL mode and character set the service pins (it has "${mode}", ${charsets}): refusing to start`,
+    );
   }
 }
 
