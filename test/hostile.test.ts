@@ -84,6 +84,54 @@ describe("in-process server", () => {
     vi.restoreAllMocks();
   });
 
+  it("streams reset while their calls wait for a pooled connection send nothing once they get one", async () => {
+    const narrow = await startTestServer({ sharedWith: server, env: { DATABASE_POOL_SIZE: "1" } });
+    // The key and the tenant's policy are cached by a first create: the creates below wait for a
+    // connection for their own INSERT only.
+    const warm = await fetch(`${narrow.url}/v1/sessions`, { method: "POST", headers: { ...narrow.tenant.headers, "content-type": "application/json" }, body: '{"user_id":"usr_warm"}' });
+    expect(warm.status).toBe(201);
+    const held = await narrow.services.pool.getConnection();
+    const session = http2.connect(narrow.url);
+    session.on("error", () => undefined);
+    // Fewer than the pool's wait queue (16 per connection) holds.
+    const userIds = Array.from({ length: 12 }, (_, i) => `usr_reset_queued_${i}`);
+    let isReleased = false;
+    try {
+      const streams = userIds.map((userId) => {
+        const stream = session.request({ ":method": "POST", ":path": "/v1/sessions", "content-type": "application/json", ...narrow.tenant.headers });
+        stream.on("error", () => undefined);
+        stream.resume();
+        stream.end(JSON.stringify({ user_id: userId }));
+        return stream;
+      });
+      // Every create is past authentication and waiting for the one connection, held here.
+      for (;;) {
+        if (poolStats(narrow.services.pool).waiting === userIds.length) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      // Reset in a write of their own, well after the requests; the PING's answer comes once the
+      // server has read the resets.
+      for (const stream of streams) stream.close(http2.constants.NGHTTP2_CANCEL);
+      await new Promise((resolve) => session.ping(() => resolve(undefined)));
+      held.release();
+      isReleased = true;
+      for (;;) {
+        const stats = poolStats(narrow.services.pool);
+        if (stats.waiting === 0 && stats.inUse === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    } finally {
+      if (!isReleased) held.release();
+      session.close();
+    }
+    const [rows] = (await server.services.pool.query("SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = ? AND user_id IN (?)", [
+      narrow.tenant.id,
+      userIds,
+    ])) as unknown as [{ n: number }[]];
+    expect(Number(rows[0]!.n)).toBe(0);
+    await narrow.close();
+  });
+
   it("a bad signing-key row is skipped and reported while the good keys keep working; a wrong KEY_ENCRYPTION_KEY stops start-up", async () => {
     const kid = "key_01HZZZZZZZZZZZZZZZZZZZZZZZ";
     const identity = Buffer.concat([Buffer.from([1]), Buffer.alloc(31)]).toString("base64url");

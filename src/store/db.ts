@@ -306,11 +306,18 @@ function acquire(pool: Pool, deadline: Deadline): Promise<PoolConnection> {
 
 /**
  * Runs `work` on a pooled connection that is killed if it is still busy at `deadline`. A call whose
- * client has gone away does not take a connection at all.
+ * client has gone away, before or while it waited for a connection, sends nothing on it.
  */
 async function withConnection<T>(pool: Pool, deadline: Deadline, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
   throwIfCancelled();
   const conn = await acquire(pool, deadline);
+  try {
+    // The client may have gone while this call waited for a connection (the pool is busy).
+    throwIfCancelled();
+  } catch (err) {
+    conn.release();
+    throw err;
+  }
   let isKilled = false;
   const timer = setTimeout(() => {
     isKilled = true;

@@ -1,6 +1,6 @@
 import { create, getOption, type DescMethod, type DescService, type Message, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import type { ServerResponse } from "node:http";
-import type { Http2ServerResponse } from "node:http2";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from "fastify";
 import { is_public, no_store } from "../../gen/sessions/v1/options_pb.js";
 import { requireTenantId, type Authenticator, type Caller } from "../domain/api-keys.js";
@@ -135,9 +135,11 @@ export function callInfoOf(request: FastifyRequest, reply: FastifyReply, protoco
     clientIp: request.ip,
     timeoutMs,
     // Read when asked (before each expensive step), so a call costs no listener or AbortController.
+    // HTTP/2: the stream was reset (RST_STREAM) or its connection lost (Node's compatibility layer
+    // reports the response of a reset stream as finished, so only the request's flag tells).
     signal: {
       get aborted() {
-        return "stream" in raw ? raw.stream.destroyed && !raw.writableFinished : raw.socket === null || raw.socket.destroyed;
+        return "stream" in raw ? (request.raw as unknown as Http2ServerRequest).aborted : raw.socket === null || raw.socket.destroyed;
       },
     },
     responseHeaders: new Map(),
