@@ -42,11 +42,12 @@ afterAll(async () => {
 describe("secrets never leak", () => {
   it("not into logs, error bodies or metrics, whatever the traffic", async () => {
     const h = server.tenant.headers;
-    // Control characters are refused (400) before anything is stored or signed; what is accepted
-    // (quotes, JSON look-alikes, U+2028) must still leave every log line one JSON object.
-    const controlAgent = 'evil\n{"level":60,"msg":"forged"}\r\n\u0000"quoted"';
-    expect((await call("POST", "/v1/sessions", h, JSON.stringify({ user_id: "usr_leak", user_agent: controlAgent }))).status).toBe(400);
-    const hostileAgent = 'evil {"level":60,"msg":"forged"}\u2028"quoted"';
+    // Control characters and line breaks are refused (400) before anything is stored or signed; what
+    // is accepted (quotes, JSON look-alikes, U+00A0) must still leave every log line one JSON object.
+    for (const controlAgent of ['evil\n{"level":60,"msg":"forged"}\r\n\u0000"quoted"', 'evil\u2028{"level":60}\u2029']) {
+      expect((await call("POST", "/v1/sessions", h, JSON.stringify({ user_id: "usr_leak", user_agent: controlAgent }))).status).toBe(400);
+    }
+    const hostileAgent = 'evil {"level":60,"msg":"forged"}\u00a0"quoted"';
     // Headers cannot carry line breaks; the body can.
     const created = await call("POST", "/v1/sessions", { ...h, "user-agent": 'evil "quoted" {"level":60}' }, JSON.stringify({ user_id: "usr_leak", user_agent: hostileAgent }));
     const pair = JSON.parse(created.text) as { access_token: string; refresh_token: string; session: { id: string } };

@@ -476,6 +476,15 @@ describe("claims (correctly signed by our key)", () => {
     ["exp not after iat", () => claimsOf({ exp: nowSeconds() })],
     ["exp far beyond iat + the longest TTL", () => claimsOf({ exp: nowSeconds() + 10 * 365 * 24 * 3600 })],
     ["exp the largest safe integer", () => claimsOf({ exp: Number.MAX_SAFE_INTEGER })],
+    ...(["sub", "sid", "tenant_id", "role", "jti", "org_id"] as const).flatMap((claim) =>
+      ([null, 42, true, {}, ["x"]] as unknown[]).map((value) => [`${claim} ${JSON.stringify(value)}`, () => claimsOf({ [claim]: value })] as [string, () => Json]),
+    ),
+    ...([null, "true", 1, {}, []] as unknown[]).map((value) => [`mfa_verified ${JSON.stringify(value)}`, () => claimsOf({ mfa_verified: value })] as [string, () => Json]),
+    ["role with a right-to-left override", () => claimsOf({ role: "admin\u202E" })],
+    ["role with a line feed", () => claimsOf({ role: "member\nadmin" })],
+    ["role empty", () => claimsOf({ role: "" })],
+    ["sub with a line separator", () => claimsOf({ sub: "usr\u2028x" })],
+    ["org_id empty", () => claimsOf({ org_id: "" })],
     ["wrong iss", () => claimsOf({ iss: "https://evil.example" })],
     ["iss an array containing ours", () => claimsOf({ iss: [server.config.issuer] })],
   ] as [string, () => Json | string][])("%s", async (_name, payload) => {

@@ -7,7 +7,7 @@ import { statusOf, type DeviceType, type Session, type SessionPolicy, type Sessi
 import type { PolicySource } from "./policy.js";
 import type { RefreshDecider, SessionStore } from "./ports.js";
 import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
-import type { KeyRing } from "./signing-keys.js";
+import type { AccessTokenClaims, KeyRing } from "./signing-keys.js";
 import { refreshTokenPattern, successorOf } from "./refresh-tokens.js";
 import { checkIdentifier, cleanFreeText } from "./text-rules.js";
 
@@ -87,6 +87,26 @@ const maxRoleCharacters = 64;
 const maxUserAgentCharacters = 1024;
 
 export type SessionService = ReturnType<typeof createSessionService>;
+
+/**
+ * The session claims a token must carry, of the types and under the rules create applied when it
+ * signed them. Only a token signed by one of our keys gets here, but verify answers with these
+ * claims: whatever a key signed, a malformed one is invalid_token, never an error or a value
+ * create would have refused.
+ */
+function hasSessionClaims(claims: AccessTokenClaims): boolean {
+  const { sub, sid, tenant_id, jti, role, org_id, mfa_verified } = claims as Record<string, unknown>;
+  if (typeof sid !== "string" || typeof tenant_id !== "string" || typeof jti !== "string" || typeof mfa_verified !== "boolean") return false;
+  if (typeof sub !== "string" || typeof role !== "string" || (org_id !== undefined && typeof org_id !== "string")) return false;
+  try {
+    checkIdentifier("sub", sub, maxIdCharacters);
+    checkIdentifier("role", role, maxRoleCharacters);
+    if (org_id !== undefined) checkIdentifier("org_id", org_id, maxIdCharacters);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export function createSessionService({ sessions, keys, clock, cursorKey, refreshTokenKey, policies }: SessionServiceDeps) {
   /** An access token never outlives its session's absolute expiry. `now` is a whole second. */
@@ -175,6 +195,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
       const check = await keys.verify(token);
       if (!check.ok) return { valid: false, code: check.code, message: check.message };
       const { claims } = check;
+      if (!hasSessionClaims(claims)) return { valid: false, code: "invalid_token", message: "the access token is invalid" };
       if (claims.tenant_id !== tenantId || claims.aud !== tenantId) {
         return { valid: false, code: "tenant_mismatch", message: "the access token belongs to another tenant" };
       }

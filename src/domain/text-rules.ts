@@ -4,8 +4,9 @@ import { AppError } from "./errors.js";
  * What the service accepts in the strings callers choose (user ids, org ids, roles, user agents).
  * These end up in SQL, in signed tokens and in other people's logs and screens, so:
  *
- * - no control characters (C0, DEL, C1: NUL, ESC, CR/LF, …) and no bidirectional formatting
- *   characters (embeddings, overrides, isolates and marks, which make a string display as another);
+ * - no control characters (C0, DEL, C1: NUL, ESC, CR/LF, …), no line or paragraph separators
+ *   (U+2028, U+2029: line breaks too) and no bidirectional formatting characters (embeddings,
+ *   overrides, isolates and marks, which make a string display as another);
  * - identifiers also have no other invisible format characters (zero-width space, word joiner, soft
  *   hyphen, …: `alice` and `alice` + U+200B would look alike), but for the zero-width joiner that
  *   emoji sequences need;
@@ -14,7 +15,7 @@ import { AppError } from "./errors.js";
  *   caller who sends it has a bug we would rather report than store;
  * - lengths count characters (Unicode code points), not bytes or UTF-16 units.
  */
-const controlCharacters = /\p{Cc}/u;
+const controlCharacters = /[\p{Cc}\p{Zl}\p{Zp}]/u;
 const bidiFormatting = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u;
 /** Unicode format characters (category Cf) but the zero-width joiner: invisible in an identifier. */
 const invisibleFormatting = /(?!\u200D)\p{Cf}/u;
@@ -29,7 +30,7 @@ export function characterCount(value: string): number {
 
 function checkText(field: string, value: string, maxCharacters: number): void {
   if (!value.isWellFormed()) throw invalid(field, `${field} is not well-formed Unicode`);
-  if (controlCharacters.test(value)) throw invalid(field, `${field} must not contain control characters`);
+  if (controlCharacters.test(value)) throw invalid(field, `${field} must not contain control characters or line breaks`);
   if (bidiFormatting.test(value)) throw invalid(field, `${field} must not contain bidirectional formatting characters`);
   if (characterCount(value) > maxCharacters) throw invalid(field, `${field} must be at most ${maxCharacters} characters`);
 }

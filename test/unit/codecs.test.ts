@@ -92,7 +92,12 @@ describe("text rules", () => {
     expect(cleanFreeText("user_agent", "😀".repeat(1030), 1024)).toBe("😀".repeat(1024));
     expect(characterCount("😀é")).toBe(2);
     expect(() => cleanFreeText("user_agent", "Mozilla\r\nX-Injected: 1", 1024)).toThrow(expect.objectContaining({ field: "user_agent" }));
-    expect(cleanFreeText("user_agent", ' evil "quoted" \u2028 ', 1024)).toBe(' evil "quoted" \u2028 ');
+    expect(cleanFreeText("user_agent", ' evil "quoted" \u00a0 ', 1024)).toBe(' evil "quoted" \u00a0 ');
+    // Line and paragraph separators are line breaks as much as CR and LF.
+    for (const separator of ["\u2028", "\u2029"]) {
+      expect(() => cleanFreeText("user_agent", `a${separator}b`, 1024)).toThrow(expect.objectContaining({ field: "user_agent" }));
+      expect(() => checkIdentifier("role", `a${separator}b`, 64)).toThrow(expect.objectContaining({ field: "role" }));
+    }
   });
 });
 
