@@ -85,6 +85,44 @@ describe("@grpc/grpc-js", () => {
     }
   });
 
+  it("a deadline longer than the longest honoured is accepted (and shortened), in every unit and from grpc-js", async () => {
+    const list = grpcFrame(new Uint8Array());
+    for (const timeout of ["30001m", "31S", "1M", "3600S", "99999999H"]) {
+      expect((await rawGrpc("/sessions.v1.SessionService/ListSessions", { ...server.tenant.headers, "grpc-timeout": timeout }, list)).status, timeout).toBe("0");
+    }
+    const client = grpcClient(SessionService, `127.0.0.1:${server.port}`);
+    try {
+      // Rejects (failing the test) unless the server answers OK.
+      await expect(callUnary(client, "listSessions", {}, server.tenant.headers, 60_000)).resolves.toBeDefined();
+    } finally {
+      client.close();
+    }
+    const connect = await fetch(`${server.url}/sessions.v1.SessionService/ListSessions`, {
+      method: "POST",
+      headers: { ...server.tenant.headers, "content-type": "application/json", "connect-timeout-ms": "9999999999" },
+      body: "{}",
+    });
+    expect(connect.status).toBe(200);
+  });
+
+  it("a deadline already past when the call arrives is DEADLINE_EXCEEDED, every time", async () => {
+    const list = grpcFrame(new Uint8Array());
+    for (const timeout of ["0n", "1n", "999u", "0m", "0S"]) {
+      const answers = await Promise.all(Array.from({ length: 20 }, () => rawGrpc("/sessions.v1.SessionService/ListSessions", { ...server.tenant.headers, "grpc-timeout": timeout }, list)));
+      expect(answers.map((a) => a.status), timeout).toEqual(Array(20).fill("4"));
+    }
+    const connect = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        fetch(`${server.url}/sessions.v1.SessionService/ListSessions`, {
+          method: "POST",
+          headers: { ...server.tenant.headers, "content-type": "application/json", "connect-timeout-ms": "0" },
+          body: "{}",
+        }).then(async (r) => [r.status, ((await r.json()) as Json).code]),
+      ),
+    );
+    expect(connect).toEqual(Array(20).fill([504, "deadline_exceeded"]));
+  });
+
   it("reports errors with grpc-status-details-bin, and serves many calls on one connection", async () => {
     const client = grpcClient(SessionService, `127.0.0.1:${server.port}`);
     try {

@@ -24,9 +24,17 @@ const storage = new AsyncLocalStorage<CallContext>();
 /** Longest deadline honoured: a client asking for more gets this (database work is bounded anyway). */
 export const maxDeadlineMs = 30_000;
 
-/** Runs `work` as a call with a deadline `timeoutMs` from now (capped at maxDeadlineMs), if any, and `signal`. */
+/**
+ * The timeout a call gets for the one its client asked for: whole milliseconds (a timeout below one
+ * millisecond, such as gRPC's `1n`, has already run out), at most maxDeadlineMs.
+ */
+export function honouredTimeoutMs(requestedMs: number): number {
+  return Math.min(Math.floor(requestedMs), maxDeadlineMs);
+}
+
+/** Runs `work` as a call with a deadline `timeoutMs` from now (as honouredTimeoutMs has it), if any, and `signal`. */
 export function withCall<T>({ timeoutMs, signal }: { timeoutMs: number | undefined; signal: CancelSignal }, work: () => Promise<T>): Promise<T> {
-  const deadline = timeoutMs === undefined ? undefined : Date.now() + Math.min(timeoutMs, maxDeadlineMs);
+  const deadline = timeoutMs === undefined ? undefined : Date.now() + honouredTimeoutMs(timeoutMs);
   return storage.run({ deadline, signal }, work);
 }
 
@@ -35,9 +43,15 @@ export function currentDeadline(): number | undefined {
   return storage.getStore()?.deadline;
 }
 
-/** Throws `cancelled` when the current call's client has gone away; call it before expensive steps. */
+/**
+ * Throws `cancelled` when the current call's client has gone away, and `deadline_exceeded` once its
+ * deadline has come; call it before expensive steps. (A deadline of zero is past at once.)
+ */
 export function throwIfCancelled(): void {
-  if (storage.getStore()?.signal?.aborted === true) throw new AppError("cancelled", "the client cancelled the call");
+  const call = storage.getStore();
+  if (call === undefined) return;
+  if (call.signal?.aborted === true) throw new AppError("cancelled", "the client cancelled the call");
+  if (call.deadline !== undefined && Date.now() >= call.deadline) throw new AppError("deadline_exceeded", "the call's deadline passed");
 }
 
 /** Runs `work` outside any call: for work shared by many calls, such as a batched read. */

@@ -104,7 +104,10 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
             const caller = isPublic ? await publicCaller(info) : await authenticate(info);
             await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
             throwIfCancelled();
-            return handler(request, { ...info, method, caller });
+            const response = await handler(request, { ...info, method, caller });
+            // An answer after the deadline is not one the client waits for: it gets the error instead.
+            throwIfCancelled();
+            return response;
           });
           stop("ok");
           return create(method.output, response as never);

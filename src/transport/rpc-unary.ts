@@ -8,7 +8,7 @@ import { codeToHttpStatus, errorToJsonBytes, parseTimeout as parseConnectTimeout
 import { parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { maxDeadlineMs } from "../domain/call-context.js";
+import { honouredTimeoutMs } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import { toConnectError } from "./error-codes.js";
 import { callInfoOf, type CallInfo, type PipelineMethod } from "./pipeline.js";
@@ -90,7 +90,8 @@ async function serveGrpc(opts: RpcOptions, target: PipelineMethod, protocol: Pro
   if (!isWeb && request.raw.httpVersionMajor !== 2) {
     return reply.code(505).header("content-type", "text/plain").send("gRPC needs HTTP/2 (or use gRPC-Web or the Connect protocol)");
   }
-  const timeout = parseGrpcTimeout(request.headers["grpc-timeout"] as string | null ?? null, maxDeadlineMs);
+  // Any well-formed timeout is accepted; the call gets at most maxDeadlineMs (honouredTimeoutMs).
+  const timeout = parseGrpcTimeout(request.headers["grpc-timeout"] as string | null ?? null, Number.POSITIVE_INFINITY);
   const encoding = String(request.headers["grpc-encoding"] ?? "identity").toLowerCase();
   try {
     if (timeout.error) throw new AppError("invalid_request", "the grpc-timeout header is malformed");
@@ -118,7 +119,7 @@ async function serveConnect(opts: RpcOptions, target: PipelineMethod, protocol: 
     for (const [key, value] of info?.responseHeaders ?? []) reply.header(key, value);
     return reply.code(codeToHttpStatus(error.code)).header("content-type", "application/json").send(Buffer.from(errorToJsonBytes(error, {})));
   };
-  const timeout = parseConnectTimeout(request.headers["connect-timeout-ms"] as string | null ?? null, maxDeadlineMs);
+  const timeout = parseConnectTimeout(request.headers["connect-timeout-ms"] as string | null ?? null, Number.POSITIVE_INFINITY);
   try {
     if (timeout.error) throw new AppError("invalid_request", "the connect-timeout-ms header is malformed");
     const version = request.headers["connect-protocol-version"];
@@ -172,7 +173,7 @@ function withDeadline<T>(work: Promise<T>, timeoutMs: number | undefined): Promi
   if (timeoutMs === undefined) return work;
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new AppError("deadline_exceeded", "the call's deadline passed")), timeoutMs);
+    timer = setTimeout(() => reject(new AppError("deadline_exceeded", "the call's deadline passed")), honouredTimeoutMs(timeoutMs));
   });
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }

@@ -28,11 +28,12 @@ export function callUnary<T>(
   method: string,
   request: unknown,
   metadata: Record<string, string>,
+  deadlineMs = 10_000,
 ): Promise<T> {
   const md = new grpc.Metadata();
   for (const [k, v] of Object.entries(metadata)) md.set(k, v);
   return new Promise((resolve, reject) => {
-    client[method]!.call(client, request, md, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: T) =>
+    client[method]!.call(client, request, md, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) =>
       err ? reject(err) : resolve(res),
     );
   });
