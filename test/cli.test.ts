@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dropDatabase, freshDatabaseUrl } from "./helpers/db.js";
@@ -7,7 +8,9 @@ import { dropDatabase, freshDatabaseUrl } from "./helpers/db.js";
 
 const run = promisify(execFile);
 const databaseUrl = freshDatabaseUrl();
-const sessionctl = (...args: string[]) => run(process.execPath, ["bin/sessionctl.js", ...args], { env: { ...process.env, DATABASE_URL: databaseUrl } });
+const sessionctlWith = (env: Record<string, string>, ...args: string[]) =>
+  run(process.execPath, ["bin/sessionctl.js", ...args], { env: { ...process.env, DATABASE_URL: databaseUrl, ...env } });
+const sessionctl = (...args: string[]) => sessionctlWith({}, ...args);
 let tenantId: string;
 
 beforeAll(async () => {
@@ -29,5 +32,17 @@ describe("sessionctl", () => {
     expect(err.code).toBe(1);
     expect(err.stderr).toContain("--refresh-grace must be an integer from 1 to 300");
     expect(err.stderr).not.toContain("refreshGraceSeconds");
+  });
+
+  it("refuses to rotate or revoke signing keys with a KEY_ENCRYPTION_KEY that decrypts none of the stored ones, and writes nothing", async () => {
+    const first = JSON.parse((await sessionctl("signing-keys", "rotate", "--json")).stdout) as { kid: string };
+    const wrongKek = { KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url") };
+    for (const args of [["signing-keys", "rotate"], ["signing-keys", "revoke", "--kid", first.kid]]) {
+      const err = (await sessionctlWith(wrongKek, ...args).catch((e: unknown) => e)) as { code: number; stderr: string };
+      expect(err.code, args.join(" ")).toBe(1);
+      expect(err.stderr).toContain("KEY_ENCRYPTION_KEY does not decrypt any signing key");
+    }
+    const { data } = JSON.parse((await sessionctl("signing-keys", "list", "--json")).stdout) as { data: { kid: string; revoked_at: string | null }[] };
+    expect(data).toEqual([expect.objectContaining({ kid: first.kid, revoked_at: null })]);
   });
 });

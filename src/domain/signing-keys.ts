@@ -133,6 +133,19 @@ function decrypts(kek: Buffer, record: SigningKeyRecord): boolean {
   }
 }
 
+/**
+ * Stops whatever is about to use `kek` with these stored keys (the service's start, a rotation, a
+ * revoke) when it decrypts none of them: it is not the key they were encrypted with, and a key made
+ * with it now would be one no instance can use.
+ */
+function assertKeyEncryptionKeyFits(kek: Buffer, records: SigningKeyRecord[]): void {
+  if (records.length > 0 && !records.some((r) => decrypts(kek, r))) {
+    throw new KeyEncryptionKeyError(
+      "KEY_ENCRYPTION_KEY does not decrypt any signing key stored in the database: it is not the key they were encrypted with (or every stored key is damaged)",
+    );
+  }
+}
+
 /** Keys in JWKS: not revoked, and either still signing or retired recently enough for tokens to live. */
 export function isPublished(k: SigningKeyRecord, now: Date): boolean {
   if (k.revokedAt !== null) return false;
@@ -154,7 +167,9 @@ export function pickSigningKey(keys: SigningKeyRecord[], now: Date): SigningKeyR
 export async function rotateSigningKey(store: SigningKeyStore, kek: Buffer, now: Date): Promise<{ key: SigningKeyRecord; isNew: boolean }> {
   return store.withSigningKeyLock(async () => {
     // Rows that fail checkSigningKey are never published: they count for nothing here either.
-    const keys = (await store.listSigningKeys()).filter((k) => checkSigningKey(kek, k) === undefined);
+    const records = await store.listSigningKeys();
+    assertKeyEncryptionKeyFits(kek, records);
+    const keys = records.filter((k) => checkSigningKey(kek, k) === undefined);
     const pending = keys.find((k) => k.revokedAt === null && k.signsFrom > now);
     if (pending !== undefined) return { key: pending, isNew: false };
     // With no key signing yet there is nothing to hand over from: the new key signs at once.
@@ -174,6 +189,7 @@ export async function rotateSigningKey(store: SigningKeyStore, kek: Buffer, now:
  */
 export async function revokeSigningKey(store: SigningKeyStore, kek: Buffer, id: string, now: Date): Promise<boolean> {
   return store.withSigningKeyLock(async () => {
+    assertKeyEncryptionKeyFits(kek, await store.listSigningKeys());
     if (!(await store.revokeSigningKey(id, now))) return false;
     await insertKeyIfNoneSigns(store, kek, now);
     return true;
@@ -291,12 +307,7 @@ export function createKeyRing({ store, keyEncryptionKey, clock, issuer, onInvali
 
   return {
     async start() {
-      const records = await store.listSigningKeys();
-      if (records.length > 0 && !records.some((r) => decrypts(keyEncryptionKey, r))) {
-        throw new KeyEncryptionKeyError(
-          "KEY_ENCRYPTION_KEY does not decrypt any signing key stored in the database: it is not the key they were encrypted with (or every stored key is damaged)",
-        );
-      }
+      assertKeyEncryptionKeyFits(keyEncryptionKey, await store.listSigningKeys());
       await reload();
       if (currentSigner() === undefined) {
         // The very first key may sign at once: no verifier can have cached a JWKS without it.
