@@ -79,11 +79,15 @@ export function encryptPrivateKey(kek: Buffer, kid: string, privateKey: KeyObjec
 }
 
 export function decryptPrivateKey(kek: Buffer, kid: string, blob: Buffer): KeyObject {
+  return createPrivateKey({ key: decryptKeyBytes(kek, kid, blob), format: "der", type: "pkcs8" });
+}
+
+/** The stored private key's bytes (PKCS#8 DER when sound); throws when `kek` does not decrypt them. */
+function decryptKeyBytes(kek: Buffer, kid: string, blob: Buffer): Buffer {
   if (blob[0] !== 1) throw new Error(`signing key ${kid}: unknown encryption format`);
   const decipher = createDecipheriv("aes-256-gcm", kek, blob.subarray(1, 13)).setAAD(Buffer.from(kid));
   decipher.setAuthTag(blob.subarray(13, 29));
-  const der = Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
-  return createPrivateKey({ key: der, format: "der", type: "pkcs8" });
+  return Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
 }
 
 /** Makes a new Ed25519 key record that starts signing at `signsFrom`. */
@@ -112,11 +116,17 @@ export function checkSigningKey(kek: Buffer, record: SigningKeyRecord): { reason
   if (x.toString("base64url") !== record.publicX) return { reason: "the public key is not canonical base64url" };
   const point = checkEd25519PublicKey(x);
   if (!point.ok) return { reason: point.reason };
-  let privateKey: KeyObject;
+  let der: Buffer;
   try {
-    privateKey = decryptPrivateKey(kek, record.id, record.privateKeyEncrypted);
+    der = decryptKeyBytes(kek, record.id, record.privateKeyEncrypted);
   } catch {
     return { reason: "the private key does not decrypt with KEY_ENCRYPTION_KEY" };
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey({ key: der, format: "der", type: "pkcs8" });
+  } catch {
+    return { reason: "the private key decrypts but is not a PKCS#8 private key" };
   }
   if (privateKey.asymmetricKeyType !== "ed25519" || createPublicKey(privateKey).export({ format: "jwk" }).x !== record.publicX) {
     return { reason: "the private key does not belong to the public key" };
@@ -126,7 +136,7 @@ export function checkSigningKey(kek: Buffer, record: SigningKeyRecord): { reason
 
 function decrypts(kek: Buffer, record: SigningKeyRecord): boolean {
   try {
-    decryptPrivateKey(kek, record.id, record.privateKeyEncrypted);
+    decryptKeyBytes(kek, record.id, record.privateKeyEncrypted);
     return true;
   } catch {
     return false;

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { createCipheriv, generateKeyPairSync, randomBytes } from "node:crypto";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { SigningKeyRecord } from "../../src/domain/model.js";
 import type { SigningKeyStore } from "../../src/domain/ports.js";
@@ -64,6 +64,15 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
+/** A sound key's row whose private part is `bytes`, encrypted as the service encrypts (0x01 | iv | tag | AES-256-GCM, kid as AAD). */
+function rowWithPrivateBytes(bytes: Buffer): SigningKeyRecord {
+  const row = newSigningKey(kek, now, now);
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", kek, iv).setAAD(Buffer.from(row.id));
+  const body = Buffer.concat([cipher.update(bytes), cipher.final()]);
+  return { ...row, privateKeyEncrypted: Buffer.concat([Buffer.from([1]), iv, cipher.getAuthTag(), body]) };
+}
+
 describe("checkSigningKey", () => {
   it("accepts a key made by newSigningKey", () => {
     expect(checkSigningKey(kek, newSigningKey(kek, now, now))).toBeUndefined();
@@ -77,6 +86,7 @@ describe("checkSigningKey", () => {
     ["a non-canonical y", () => rowWithPublic(Buffer.concat([Buffer.from([0xee]), Buffer.alloc(30, 0xff), Buffer.from([0x7f])])), /canonical/],
     ["padded base64", () => ({ ...newSigningKey(kek, now, now), publicX: `${newSigningKey(kek, now, now).publicX}=` }), /canonical base64url/],
     ["a private half under another KEK", () => ({ ...newSigningKey(randomBytes(32), now, now) }), /does not decrypt/],
+    ["a raw 32-byte seed where the PKCS#8 key should be", () => rowWithPrivateBytes(randomBytes(32)), /decrypts but is not a PKCS#8/],
     ["halves of two different keys", () => rowWithPublic(Buffer.from(generateKeyPairSync("ed25519").publicKey.export({ format: "jwk" }).x as string, "base64url")), /does not belong/],
   ])("refuses %s", (_name, make, reason) => {
     expect(checkSigningKey(kek, make())?.reason).toMatch(reason);
