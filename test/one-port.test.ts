@@ -223,6 +223,65 @@ describe("HTTP/2 sessions", () => {
   });
 });
 
+describe("the connection bound", () => {
+  it("a connection arriving at the bound takes the place of the oldest idle one; busy ones stay", async () => {
+    const { app, url, port, slowRequestsStarted } = await startApp({ maxConnections: 10 });
+    const idle: http2.ClientHttp2Session[] = [];
+    const silent: net.Socket[] = [];
+    try {
+      // One busy connection first (the oldest), then idle HTTP/2 sessions (preface and SETTINGS
+      // only) and silent sockets, far past the bound.
+      const busy = fetch(`${url}/slow`);
+      await until(() => slowRequestsStarted() === 1);
+      for (let i = 0; i < 20; i++) {
+        const session = http2.connect(url);
+        session.on("error", () => undefined);
+        idle.push(session);
+        await new Promise((resolve) => session.once("remoteSettings", resolve));
+      }
+      for (let i = 0; i < 20; i++) {
+        const socket = net.connect(port, "127.0.0.1");
+        socket.on("error", () => undefined);
+        silent.push(socket);
+        await new Promise((resolve) => socket.once("connect", resolve));
+      }
+      // A newcomer is served; so is the request that was in flight all along.
+      expect((await (await fetch(`${url}/hello`)).json())).toEqual({ hello: "world" });
+      expect((await (await busy).json())).toEqual({ slow: true });
+      // The oldest idle sessions were closed to make room.
+      expect(idle.filter((s) => s.closed || s.destroyed).length).toBeGreaterThan(0);
+    } finally {
+      for (const s of idle) s.destroy();
+      for (const s of silent) s.destroy();
+      await app.close();
+    }
+  });
+});
+
+describe("streams left waiting for their body", () => {
+  it("a connection that has had as many dropped as it may open at once is closed", async () => {
+    const { app, url } = await startApp({ maxConcurrentStreams: 10, maxPendingRequests: 3 });
+    const session = http2.connect(url);
+    session.on("error", () => undefined);
+    try {
+      await new Promise((resolve) => session.once("remoteSettings", resolve));
+      const closed = new Promise((resolve) => session.once("close", resolve));
+      // Streams announcing a body that never comes, opened again as soon as the server drops one.
+      const open = () => {
+        if (session.closed || session.destroyed) return;
+        const stream = session.request({ ":method": "POST", ":path": "/hello", "content-type": "application/json" });
+        stream.on("error", () => undefined);
+        stream.on("close", open);
+      };
+      for (let i = 0; i < 5; i++) open();
+      await closed;
+    } finally {
+      session.destroy();
+      await app.close();
+    }
+  });
+});
+
 describe("closing", () => {
   // Clients here never leave by themselves and the server's own limits are a minute: close() must
   // end their connections itself. "Promptly" is well within those limits, a quarter of them.

@@ -18,7 +18,10 @@ export interface OnePortOptions {
   idleTimeoutMs?: number;
   /** Streams one HTTP/2 client may have open at once. Default 100. */
   maxConcurrentStreams?: number;
-  /** Connections open at once, all protocols; past it new connections are closed at once. Default 4,096. */
+  /**
+   * Connections open at once, all protocols. Default 4,096. A connection arriving at the bound takes
+   * the place of the oldest idle one (no request or stream in flight); with none idle, it is closed.
+   */
   maxConnections?: number;
   /**
    * Requests whose body has not fully arrived, in this process, HTTP/1 requests and HTTP/2 streams
@@ -84,6 +87,23 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     refuse,
   } = opts;
   const undecided = new Set<net.Socket>();
+  /** Every open connection, oldest first, with the requests (HTTP/1) or streams (HTTP/2) it has in flight. */
+  const connections = new Map<net.Socket, { active: number }>();
+  /** Closes the oldest connection with nothing in flight; false when every connection is busy. */
+  const evictIdle = () => {
+    for (const [socket, conn] of connections) {
+      if (conn.active === 0) {
+        connections.delete(socket);
+        socket.destroy();
+        return true;
+      }
+    }
+    return false;
+  };
+  /** Streams of each HTTP/2 session dropped while they waited for their body. */
+  const droppedStreams = new WeakMap<http2.Http2Session, number>();
+  /** The connection being handed to the HTTP/2 server, for its 'session' listener. */
+  let handingOver: { active: number } | undefined;
   const sessions = new Set<http2.ServerHttp2Session>();
   const h1Servers = new Set<http.Server>();
   let closing = false;
@@ -116,6 +136,11 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         requireHostHeader: false,
       },
       (req, res) => {
+        const conn = connections.get(req.socket);
+        if (conn !== undefined) {
+          conn.active++;
+          res.once("close", () => conn.active--);
+        }
         // Only a request whose body is still to come is tracked; dropping it closes the connection.
         const length = req.headers["content-length"];
         const hasBody = (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
@@ -153,7 +178,17 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       }
       const dispatch = () => (handler as unknown as H2Handler)(req, res);
       if (stream.endAfterHeaders) return dispatch();
-      const reset = () => stream.close(http2.constants.NGHTTP2_CANCEL);
+      // A connection whose streams keep being dropped for a body that never came (evicted or timed
+      // out) loses the connection after as many as it may have open at once: re-opening them as
+      // fast as they are dropped then costs a new connection each round.
+      const reset = () => {
+        const { session } = stream;
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        if (session === undefined) return;
+        const dropped = (droppedStreams.get(session) ?? 0) + 1;
+        droppedStreams.set(session, dropped);
+        if (dropped >= maxConcurrentStreams) session.destroy();
+      };
       track(req, res, reset);
       // As HTTP/1's requestTimeout: a stream whose body has not all arrived in time is reset, so
       // streams opened and left pending cannot pile up (Node has no such timeout for HTTP/2).
@@ -172,6 +207,12 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       stream.on("readable", ready);
     });
     h2.on("session", (session) => {
+      const conn = handingOver;
+      session.on("stream", (stream: http2.ServerHttp2Stream) => {
+        if (conn === undefined) return;
+        conn.active++;
+        stream.once("close", () => conn.active--);
+      });
       sessions.add(session);
       session.once("close", () => sessions.delete(session));
       // close() sends GOAWAY and lets open streams finish, where Node's default would destroy them.
@@ -181,6 +222,9 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     // noDelay as http.createServer does for its own sockets: Nagle would hold small responses back.
     const server = net.createServer({ noDelay: true }, (socket) => {
       if (closing) return void socket.destroy();
+      if (connections.size >= maxConnections && !evictIdle()) return void socket.destroy();
+      connections.set(socket, { active: 0 });
+      socket.once("close", () => connections.delete(socket));
       undecided.add(socket);
       // A client that connects and stays silent would never meet any of the inner servers' timeouts.
       const timer = setTimeout(() => socket.destroy(), headersTimeoutMs);
@@ -200,7 +244,10 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         socket.unshift(head);
         if (isH2) {
           // The Http2Session drains the socket's buffered bytes itself, via read() on the next tick.
+          // Its 'session' event comes synchronously, inside this emit.
+          handingOver = connections.get(socket);
           h2.emit("connection", socket);
+          handingOver = undefined;
         } else {
           // http.Server parses straight from the handle from now on; resuming makes the socket emit
           // the unshifted bytes to its 'data' listener first, and restarts reading from the handle.
@@ -210,7 +257,6 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       };
       socket.on("data", onData).on("error", settle).on("close", settle);
     });
-    server.maxConnections = maxConnections;
     // http.Server starts its connection tracking (headersTimeout, requestTimeout, closeIdleConnections)
     // on 'listening', which it never sees since fastify listens on the outer server.
     server.on("listening", () => h1.emit("listening"));
