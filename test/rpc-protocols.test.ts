@@ -190,6 +190,14 @@ describe("exact answers to what clients should not send", () => {
     const snappy = await rawGrpc(verifyPath, { ...authed(), "grpc-encoding": "snappy" }, grpcFrame(message, 1));
     expect(snappy.status).toBe("12");
     expect(String(snappy.headers["grpc-accept-encoding"])).toContain("gzip");
+    const connectBrotli = await fetch(`${server.url}${verifyPath}`, {
+      method: "POST",
+      headers: { ...authed(), "content-type": "application/json", "content-encoding": "br" },
+      body: "{}",
+    });
+    expect(connectBrotli.status).toBe(501);
+    expect(connectBrotli.headers.get("accept-encoding")).toContain("gzip");
+    expect(((await connectBrotli.json()) as Json).details[0].debug.reason).toBe("unsupported_encoding");
     const gzipped = await rawGrpc(verifyPath, { ...authed(), "grpc-encoding": "gzip" }, grpcFrame(gzipSync(message), 1));
     expect(gzipped.status).toBe("0");
   });

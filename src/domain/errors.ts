@@ -18,6 +18,7 @@ export const errorCodes = [
   "payload_too_large",
   "uri_too_long",
   "unsupported_media_type",
+  "unsupported_encoding",
   "headers_too_large",
   "rate_limit_exceeded",
   "deadline_exceeded",

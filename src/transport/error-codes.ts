@@ -20,6 +20,8 @@ export const errorTable: Record<ErrorCode, { code: Code; status: number }> = {
   payload_too_large: { code: Code.InvalidArgument, status: 413 },
   uri_too_long: { code: Code.InvalidArgument, status: 414 },
   unsupported_media_type: { code: Code.InvalidArgument, status: 415 },
+  // A message compression the server does not take (gRPC: UNIMPLEMENTED, with grpc-accept-encoding).
+  unsupported_encoding: { code: Code.Unimplemented, status: 415 },
   headers_too_large: { code: Code.ResourceExhausted, status: 431 },
   rate_limit_exceeded: { code: Code.ResourceExhausted, status: 429 },
   // Only RPCs carry a client deadline (grpc-timeout, connect-timeout-ms); 504 is its HTTP form.

@@ -3,7 +3,7 @@ import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { fromBinary, fromJson, toBinary, toJson, type DescMethod, type Message } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
 import { codeToHttpStatus, errorToJsonBytes, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
 import { parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
@@ -96,7 +96,7 @@ async function serveGrpc(opts: RpcOptions, target: PipelineMethod, protocol: Pro
   try {
     if (timeout.error) throw new AppError("invalid_request", "the grpc-timeout header is malformed");
     if (encoding !== "identity" && encoding !== "gzip") {
-      return respond(new ConnectError(`unsupported grpc-encoding "${encoding}"; accepted: ${acceptedEncodings}`, Code.Unimplemented), undefined);
+      return respond(toConnectError(new AppError("unsupported_encoding", `unsupported grpc-encoding "${encoding}"; accepted: ${acceptedEncodings}`)), undefined);
     }
     const body = await readBody(request.raw, opts.readMaxBytes + 5 * 2);
     const message = singleMessage(body, encoding, opts.readMaxBytes);
@@ -132,7 +132,7 @@ async function serveConnect(opts: RpcOptions, target: PipelineMethod, protocol: 
       const encoding = String(request.headers["content-encoding"] ?? "identity").toLowerCase();
       if (encoding !== "identity" && encoding !== "gzip") {
         reply.header("accept-encoding", acceptedEncodings);
-        return respondError(new ConnectError(`unsupported content-encoding "${encoding}"; accepted: ${acceptedEncodings}`, Code.Unimplemented));
+        return respondError(new AppError("unsupported_encoding", `unsupported content-encoding "${encoding}"; accepted: ${acceptedEncodings}`));
       }
       const body = await readBody(request.raw, opts.readMaxBytes);
       message = encoding === "gzip" ? gunzip(body, opts.readMaxBytes) : body;
