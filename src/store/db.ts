@@ -84,10 +84,18 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
   try {
     const admin = await mysql.createConnection(common);
     try {
-      await admin.query({
-        sql: `CREATE DATABASE IF NOT EXISTS \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+      // Created only when missing: a read-only server (a failover) refuses even CREATE ... IF NOT EXISTS.
+      const [found] = await admin.query<RowDataPacket[]>({
+        sql: "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+        values: [database],
         timeout: operationTimeoutMs,
       });
+      if (found.length === 0) {
+        await admin.query({
+          sql: `CREATE DATABASE IF NOT EXISTS \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+          timeout: operationTimeoutMs,
+        });
+      }
     } finally {
       admin.destroy();
     }

@@ -15,6 +15,10 @@ const lockTimeoutSeconds = 60;
  * do the same per statement, but MySQL 8 does not have it.)
  */
 export async function migrate(pool: Pool): Promise<string[]> {
+  const files = (await readdir(migrationsDir)).filter((f) => f.endsWith(".sql")).sort();
+  // Nothing to do is found out by reading only, so an instance can start (and serve reads) while
+  // the server is read-only, as during a failover.
+  if (await isUpToDate(pool, files)) return [];
   const conn = await pool.getConnection();
   try {
     const [[lock]] = (await conn.query("SELECT GET_LOCK('sessions_migrate', ?) AS got", [lockTimeoutSeconds])) as unknown as [[{ got: number }]];
@@ -28,7 +32,6 @@ export async function migrate(pool: Pool): Promise<string[]> {
       );
       const [rows] = (await conn.query("SELECT version FROM schema_migrations")) as unknown as [{ version: string }[]];
       const done = new Set(rows.map((r) => r.version));
-      const files = (await readdir(migrationsDir)).filter((f) => f.endsWith(".sql")).sort();
       const applied: string[] = [];
       const record = (version: string) => conn.query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", [version, new Date()]);
       for (const file of files) {
@@ -50,6 +53,17 @@ export async function migrate(pool: Pool): Promise<string[]> {
     }
   } finally {
     conn.release();
+  }
+}
+
+/** True when every migration file is recorded as applied (false too when there is no record yet). */
+async function isUpToDate(pool: Pool, files: string[]): Promise<boolean> {
+  try {
+    const [rows] = (await pool.query("SELECT version FROM schema_migrations")) as unknown as [{ version: string }[]];
+    const done = new Set(rows.map((r) => r.version));
+    return files.every((f) => done.has(f));
+  } catch {
+    return false;
   }
 }
 

@@ -2,7 +2,9 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionService } from "../../gen/sessions/v1/sessions_pb.js";
-import { call, createSession, directConnection, faultDatabase, refreshSession, revokeSession, startFaultApp, type FaultApp } from "./helpers/app.js";
+import {
+  call, createSession, directConnection, faultDatabase, refreshSession, revokeSession, startFaultApp, startFaultInstance, type FaultApp,
+} from "./helpers/app.js";
 import { startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mariadb.js";
 
 /**
@@ -13,6 +15,7 @@ import { startPrivateMariaDb, type PrivateMariaDb } from "./helpers/private-mari
 
 let db: PrivateMariaDb;
 let app: FaultApp;
+let appUrl: string;
 let root: Awaited<ReturnType<typeof directConnection>>;
 
 beforeAll(async () => {
@@ -22,7 +25,8 @@ beforeAll(async () => {
   root = await directConnection(db.port);
   await root.query("CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'app-password'");
   await root.query(`GRANT ALL PRIVILEGES ON \`${faultDatabase}\`.* TO 'app'@'127.0.0.1'`);
-  app = await startFaultApp(db.port, { DATABASE_URL: `mysql://app:app-password@127.0.0.1:${db.port}/${faultDatabase}` });
+  appUrl = `mysql://app:app-password@127.0.0.1:${db.port}/${faultDatabase}`;
+  app = await startFaultApp(db.port, { DATABASE_URL: appUrl });
 });
 afterAll(async () => {
   await root?.query("SET GLOBAL read_only = OFF").catch(() => undefined);
@@ -57,6 +61,15 @@ describe("a read-only database server", () => {
       const ready = await call(app.url, "GET", "/readyz");
       expect(ready.status).toBe(503);
       expect(ready.json).toMatchObject({ status: "unavailable", problems: ["database is read-only"] });
+
+      // A new instance starts meanwhile (the schema is migrated; starting writes nothing) and serves reads.
+      const another = await startFaultInstance(db.port, { DATABASE_URL: appUrl });
+      try {
+        expect((await call(another.url, "GET", `/v1/sessions/${before.session.id}`, { headers: app.headers })).status).toBe(200);
+        expect((await call(another.url, "GET", "/readyz")).status).toBe(503);
+      } finally {
+        await another.close();
+      }
     } finally {
       await root.query("SET GLOBAL read_only = OFF");
     }

@@ -45,13 +45,19 @@ export interface FaultApp {
 }
 
 /** The real app (openServices + buildApp) on `dbPort`, listening on a free loopback port, with one tenant. */
-export async function startFaultApp(dbPort: number, env: Record<string, string> = {}): Promise<FaultApp> {
+/** The service on the fault database, listening, with nothing written by the test. */
+export async function startFaultInstance(dbPort: number, env: Record<string, string> = {}) {
   const config = faultConfig(dbPort, env);
   const services = await openServices(config);
   const app = buildApp(config, services);
   app.addHook("onClose", () => services.close());
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as { port: number };
+  return { app, services, url: `http://127.0.0.1:${port}`, close: () => app.close() };
+}
+
+export async function startFaultApp(dbPort: number, env: Record<string, string> = {}): Promise<FaultApp> {
+  const { app, services, url } = await startFaultInstance(dbPort, env);
   const tenantId = newId("tnt");
   const store = createTenantStore(services.pool);
   const now = new Date();
@@ -61,7 +67,7 @@ export async function startFaultApp(dbPort: number, env: Record<string, string> 
   return {
     app,
     services,
-    url: `http://127.0.0.1:${port}`,
+    url,
     headers: { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId },
     tenantId,
     close: () => app.close(),
