@@ -1,6 +1,7 @@
 import { execFileSync, fork, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -25,7 +26,7 @@ import { runScale } from "./scale.js";
  *   npm run bench -- --only=verify   rows whose name contains "verify"
  *
  * BENCH_SECONDS (default 6) per run, BENCH_RUNS (default 3, the median is reported),
- * BENCH_CONNECTIONS (default 32).
+ * BENCH_CONNECTIONS (default 32), BENCH_FLAGS (node flags added to the service's, for experiments).
  */
 const seconds = Number(process.env.BENCH_SECONDS ?? 6);
 const runs = Number(process.env.BENCH_RUNS ?? 3);
@@ -60,13 +61,24 @@ export interface Service {
   rss(): Promise<number>;
 }
 
-/** The service as production runs it: `node dist/src/main.js`, rate limits off. */
+/** The node flags `npm start` runs the service with (package.json is where they are decided). */
+function productionNodeFlags(): string[] {
+  const start = (JSON.parse(readFileSync(`${root}/package.json`, "utf8")) as { scripts: { start: string } }).scripts.start;
+  const flags = /exec node (.*?) ?dist\/src\/main\.js/.exec(start)?.[1];
+  if (flags === undefined) throw new Error("package.json's start script no longer runs `exec node … dist/src/main.js`");
+  return flags.split(" ").filter(Boolean);
+}
+
+/**
+ * The service as production runs it (`npm start`'s node flags, plus BENCH_FLAGS for experiments),
+ * rate limits off.
+ */
 export async function startService(env: Record<string, string>): Promise<Service> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...(process.env.BENCH_FLAGS ?? "").split(" ").filter(Boolean), process.env.BENCH_ENTRY ?? "dist/src/main.js"], {
+  const child = spawn(process.execPath, [...productionNodeFlags(), ...(process.env.BENCH_FLAGS ?? "").split(" ").filter(Boolean), "dist/src/main.js"], {
     cwd: root,
     env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", LOG_LEVEL: "warn", NODE_ENV: "production", ...rateLimitsOff, ...env },
-    stdio: ["ignore", process.env.BENCH_FLAGS ? "inherit" : "ignore", "inherit"],
+    stdio: ["ignore", "ignore", "inherit"],
   });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; !(await fetch(`${url}/readyz`).then((r) => r.ok, () => false)); i++) {

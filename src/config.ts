@@ -1,5 +1,4 @@
 import { isIP } from "node:net";
-import { z } from "zod";
 
 /**
  * The development key-encryption key. It lets `npm start` work with no configuration; with
@@ -7,34 +6,60 @@ import { z } from "zod";
  */
 export const developmentKeyEncryptionKey = Buffer.alloc(32, "dev-only-kek").toString("base64url");
 
-const base64Key = z
-  .string()
-  .transform((s, ctx) => {
-    const key = Buffer.from(s, "base64url");
-    if (key.length !== 32) {
-      ctx.addIssue({ code: "custom", message: "must be 32 bytes, base64 or base64url encoded" });
-      return z.NEVER;
-    }
-    return key;
-  });
-
-const int = (min: number, max: number, fallback: number) =>
-  z.coerce.number().int().min(min).max(max).default(fallback);
-
 /** Named address ranges proxy-addr (fastify's trustProxy) knows. */
 const proxyRangeNames = new Set(["loopback", "linklocal", "uniquelocal"]);
 
-/**
- * TRUST_PROXY: off (unset, empty or `false`); a hop count (`1`: trust the one proxy in front); or a
- * comma-separated list of proxy addresses, CIDR ranges or proxy-addr's names (loopback, linklocal,
- * uniquelocal). Then X-Forwarded-For from those proxies gives the client address that rate limits
- * and logs see.
- */
-const trustProxy = z
-  .string()
-  .default("")
-  .transform((raw, ctx): false | number | string[] => {
-    const value = raw.trim();
+/** What each variable holds once read; `problem` collects what is wrong instead. */
+class Reader {
+  readonly problems: string[] = [];
+  constructor(private readonly env: NodeJS.ProcessEnv) {}
+
+  /** The variable's value, or undefined when unset or empty. */
+  private raw(name: string): string | undefined {
+    const value = this.env[name];
+    return value === undefined || value === "" ? undefined : value;
+  }
+  problem(name: string, message: string): void {
+    this.problems.push(`${name}: ${message}`);
+  }
+  int(name: string, min: number, max: number, fallback: number): number {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    const n = /^\d+$/.test(value.trim()) ? Number(value.trim()) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) this.problem(name, `must be an integer from ${min} to ${max}`);
+    return n;
+  }
+  oneOf<T extends string>(name: string, values: readonly T[], fallback: T): T {
+    const value = this.raw(name) ?? fallback;
+    if (!(values as readonly string[]).includes(value)) this.problem(name, `must be one of ${values.join(", ")}`);
+    return value as T;
+  }
+  text(name: string, fallback: string): string {
+    return this.raw(name) ?? fallback;
+  }
+  url(name: string, fallback: string, protocol?: string): string {
+    const value = this.raw(name) ?? fallback;
+    if (!URL.canParse(value) || (protocol !== undefined && new URL(value).protocol !== protocol)) {
+      this.problem(name, protocol === undefined ? "must be a URL" : `must be a ${protocol}// URL`);
+    }
+    return value;
+  }
+  /** 32 bytes, base64url (or base64) encoded. */
+  key(name: string): Buffer | undefined {
+    const value = this.raw(name);
+    if (value === undefined) return undefined;
+    const key = Buffer.from(value, "base64url");
+    if (key.length !== 32) this.problem(name, "must be 32 bytes, base64 or base64url encoded");
+    return key;
+  }
+  /**
+   * TRUST_PROXY: off (unset, empty or `false`); a hop count (`1`: trust the one proxy in front); or a
+   * comma-separated list of proxy addresses, CIDR ranges or proxy-addr's names (loopback, linklocal,
+   * uniquelocal). Then X-Forwarded-For from those proxies gives the client address that rate limits
+   * and logs see.
+   */
+  trustProxy(name: string): false | number | string[] {
+    const value = (this.raw(name) ?? "").trim();
     if (value === "" || value === "false") return false;
     if (/^\d+$/.test(value)) return Number(value);
     const entries = value.split(",").map((e) => e.trim());
@@ -43,102 +68,77 @@ const trustProxy = z
       const family = isIP(address);
       const isRange = bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= (family === 6 ? 128 : 32));
       if (!proxyRangeNames.has(entry) && (family === 0 || !isRange || rest.length > 0)) {
-        ctx.addIssue({ code: "custom", message: `"${entry}" is not an IP address, a CIDR range or one of loopback, linklocal, uniquelocal` });
-        return z.NEVER;
+        this.problem(name, `"${entry}" is not an IP address, a CIDR range or one of loopback, linklocal, uniquelocal`);
       }
     }
     return entries;
-  });
+  }
+}
 
-const schema = z
-  .object({
-    NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
-    PORT: int(0, 65535, 8080),
-    HOST: z.string().min(1).default("0.0.0.0"),
-    DATABASE_URL: z
-      .url({ protocol: /^mysql$/ })
-      .default("mysql://root@127.0.0.1:3306/sessions"),
-    DATABASE_POOL_SIZE: int(1, 200, 16),
-    KEY_ENCRYPTION_KEY: base64Key.optional(),
-    ISSUER: z.url().default("http://localhost:8080"),
-    LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
-    BODY_LIMIT_BYTES: int(1024, 10 * 1024 * 1024, 64 * 1024),
+/** Reads every variable (see the README's table), or throws a ConfigError naming each bad one. */
+function readConfig(env: NodeJS.ProcessEnv) {
+  const r = new Reader(env);
+  const nodeEnv = r.oneOf("NODE_ENV", ["development", "production", "test"], "development");
+  const configuredKek = r.key("KEY_ENCRYPTION_KEY");
+  if (nodeEnv === "production" && configuredKek === undefined) r.problem("KEY_ENCRYPTION_KEY", "is required in production");
+  const keyEncryptionKey = configuredKek ?? Buffer.from(developmentKeyEncryptionKey, "base64url");
+  if (nodeEnv === "production" && keyEncryptionKey.toString("base64url") === developmentKeyEncryptionKey) {
+    r.problem("KEY_ENCRYPTION_KEY", "must not be the development key in production");
+  }
+  const config = {
+    nodeEnv,
+    port: r.int("PORT", 0, 65535, 8080),
+    host: r.text("HOST", "0.0.0.0"),
+    databaseUrl: r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:"),
+    databasePoolSize: r.int("DATABASE_POOL_SIZE", 1, 200, 16),
+    keyEncryptionKey,
+    issuer: r.url("ISSUER", "http://localhost:8080"),
+    logLevel: r.oneOf("LOG_LEVEL", ["fatal", "error", "warn", "info", "debug", "trace", "silent"], "info"),
+    bodyLimitBytes: r.int("BODY_LIMIT_BYTES", 1024, 10 * 1024 * 1024, 64 * 1024),
     // Requests (HTTP/1 and HTTP/2 streams) whose body has not fully arrived; past it the oldest is
     // dropped. Each costs memory before its handler can run; 1,000 is far above what real clients
     // leave pending at once and bounds that memory to tens of MB.
-    MAX_PENDING_REQUESTS: int(1, 1_000_000, 1_000),
-    MAX_CONNECTIONS: int(1, 1_000_000, 4_096),
-    API_KEY_CACHE_SECONDS: int(0, 300, 5),
-    SHUTDOWN_TIMEOUT_MS: int(0, 120_000, 10_000),
-    SHUTDOWN_DRAIN_DELAY_MS: int(0, 120_000, 0),
-    DATABASE_STARTUP_TIMEOUT_MS: int(0, 600_000, 60_000),
-    // Per-tenant limits are opt-in (0 = off), as in the anchor's self-hosted mode: verify, list and
-    // get are every tenant backend's hot path, and no default fits every tenant's traffic.
-    RATE_LIMIT_READ_PER_MINUTE: int(0, 10_000_000, 0),
-    RATE_LIMIT_WRITE_PER_MINUTE: int(0, 10_000_000, 0),
-    RATE_LIMIT_REFRESH_PER_MINUTE: int(0, 10_000_000, 0),
-    // The unauthenticated refresh, per client address: 100 a second is far above what one browser
-    // or one office behind NAT sends, and stops a single address from hammering the endpoint.
-    RATE_LIMIT_IP_PER_MINUTE: int(0, 10_000_000, 6_000),
-    // Failed authentications per client address before new keys from it stop being looked up.
-    RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: int(0, 10_000_000, 100),
-    TRUST_PROXY: trustProxy,
+    maxPendingRequests: r.int("MAX_PENDING_REQUESTS", 1, 1_000_000, 1_000),
+    maxConnections: r.int("MAX_CONNECTIONS", 1, 1_000_000, 4_096),
+    apiKeyCacheSeconds: r.int("API_KEY_CACHE_SECONDS", 0, 300, 5),
+    shutdownTimeoutMs: r.int("SHUTDOWN_TIMEOUT_MS", 0, 120_000, 10_000),
+    shutdownDrainDelayMs: r.int("SHUTDOWN_DRAIN_DELAY_MS", 0, 120_000, 0),
+    databaseStartupTimeoutMs: r.int("DATABASE_STARTUP_TIMEOUT_MS", 0, 600_000, 60_000),
+    rateLimits: {
+      // Per-tenant limits are opt-in (0 = off), as in the anchor's self-hosted mode: verify, list and
+      // get are every tenant backend's hot path, and no default fits every tenant's traffic.
+      readPerMinute: r.int("RATE_LIMIT_READ_PER_MINUTE", 0, 10_000_000, 0),
+      writePerMinute: r.int("RATE_LIMIT_WRITE_PER_MINUTE", 0, 10_000_000, 0),
+      refreshPerMinute: r.int("RATE_LIMIT_REFRESH_PER_MINUTE", 0, 10_000_000, 0),
+      // The unauthenticated refresh, per client address: 100 a second is far above what one browser
+      // or one office behind NAT sends, and stops a single address from hammering the endpoint.
+      ipPerMinute: r.int("RATE_LIMIT_IP_PER_MINUTE", 0, 10_000_000, 6_000),
+      // Failed authentications per client address before new keys from it stop being looked up.
+      authFailuresPerMinute: r.int("RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", 0, 10_000_000, 100),
+    },
+    trustProxy: r.trustProxy("TRUST_PROXY"),
     // Ended sessions and rotated refresh tokens are deleted this many days after their end.
-    RETENTION_DAYS: int(1, 3650, 30),
+    retentionDays: r.int("RETENTION_DAYS", 1, 3650, 30),
     // How often an instance tries to run the session sweep (one instance at a time): it records
     // the ends of sessions that expired (so lists read ended sessions by index) and deletes what
     // retention lets go. 0: never.
-    SWEEP_INTERVAL_SECONDS: int(0, 86_400, 30),
-  })
-  .transform((env, ctx) => {
-    if (env.NODE_ENV === "production" && env.KEY_ENCRYPTION_KEY === undefined) {
-      ctx.addIssue({ code: "custom", path: ["KEY_ENCRYPTION_KEY"], message: "is required in production" });
-    }
-    const kek = env.KEY_ENCRYPTION_KEY ?? Buffer.from(developmentKeyEncryptionKey, "base64url");
-    if (env.NODE_ENV === "production" && kek.toString("base64url") === developmentKeyEncryptionKey) {
-      ctx.addIssue({ code: "custom", path: ["KEY_ENCRYPTION_KEY"], message: "must not be the development key in production" });
-    }
-    return {
-      nodeEnv: env.NODE_ENV,
-      port: env.PORT,
-      host: env.HOST,
-      databaseUrl: env.DATABASE_URL,
-      databasePoolSize: env.DATABASE_POOL_SIZE,
-      keyEncryptionKey: kek,
-      issuer: env.ISSUER,
-      logLevel: env.LOG_LEVEL,
-      bodyLimitBytes: env.BODY_LIMIT_BYTES,
-      maxPendingRequests: env.MAX_PENDING_REQUESTS,
-      maxConnections: env.MAX_CONNECTIONS,
-      apiKeyCacheSeconds: env.API_KEY_CACHE_SECONDS,
-      shutdownTimeoutMs: env.SHUTDOWN_TIMEOUT_MS,
-      shutdownDrainDelayMs: env.SHUTDOWN_DRAIN_DELAY_MS,
-      databaseStartupTimeoutMs: env.DATABASE_STARTUP_TIMEOUT_MS,
-      rateLimits: {
-        readPerMinute: env.RATE_LIMIT_READ_PER_MINUTE,
-        writePerMinute: env.RATE_LIMIT_WRITE_PER_MINUTE,
-        refreshPerMinute: env.RATE_LIMIT_REFRESH_PER_MINUTE,
-        ipPerMinute: env.RATE_LIMIT_IP_PER_MINUTE,
-        authFailuresPerMinute: env.RATE_LIMIT_AUTH_FAILURES_PER_MINUTE,
-      },
-      trustProxy: env.TRUST_PROXY,
-      retentionDays: env.RETENTION_DAYS,
-      sweepIntervalMs: env.SWEEP_INTERVAL_SECONDS * 1000,
-    };
-  });
+    sweepIntervalMs: r.int("SWEEP_INTERVAL_SECONDS", 0, 86_400, 30) * 1000,
+  };
+  if (r.problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${r.problems.join("\n  ")}`);
+  return config;
+}
 
-export type Config = z.output<typeof schema>;
+export type Config = ReturnType<typeof readConfig>;
 
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
 }
 
-/** Reads and validates the configuration once; an invalid value names its variable. */
+/**
+ * Reads and validates the configuration once; an invalid value names its variable. Hand-written
+ * rather than a schema library: it runs once, and a library held in memory for it costs ~5 MiB of
+ * the service's resident memory for good.
+ */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsed = schema.safeParse(env);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `${i.path.join(".") || "env"}: ${i.message}`);
-    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
-  }
-  return parsed.data;
+  return readConfig(env);
 }

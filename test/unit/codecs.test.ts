@@ -11,7 +11,7 @@ import { characterCount, checkIdentifier, cleanFreeText } from "../../src/domain
 import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "../../src/transport/converters.js";
 import { errorTable, toConnectError, toPublicError } from "../../src/transport/error-codes.js";
 import { parseQueryString } from "../../src/transport/rest.js";
-import { loadConfig } from "../../src/config.js";
+import { developmentKeyEncryptionKey, loadConfig } from "../../src/config.js";
 
 /** Converters, codecs and the error table: pure functions, checked in milliseconds. */
 
@@ -220,6 +220,29 @@ describe("config", () => {
 
   it.each(["yes", "10.0.0.0/33", "example.com", "1.2.3.4/8/9", "::1/129"])("refuses TRUST_PROXY=%j naming the variable", (value) => {
     expect(() => env({ TRUST_PROXY: value })).toThrow(/TRUST_PROXY/);
+  });
+
+  it("names every bad variable at once, with what it must be", () => {
+    const err = (() => {
+      try {
+        env({ PORT: "80a", DATABASE_URL: "postgres://x/y", LOG_LEVEL: "loud", KEY_ENCRYPTION_KEY: "c2hvcnQ", MAX_CONNECTIONS: "0" });
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    expect(err?.message).toContain("PORT: must be an integer from 0 to 65535");
+    expect(err?.message).toContain("DATABASE_URL: must be a mysql:// URL");
+    expect(err?.message).toContain("LOG_LEVEL: must be one of");
+    expect(err?.message).toContain("KEY_ENCRYPTION_KEY: must be 32 bytes");
+    expect(err?.message).toContain("MAX_CONNECTIONS: must be an integer from 1 to");
+  });
+
+  it("uses the defaults for unset or empty variables, and refuses to run production without its own key", () => {
+    expect(env({ PORT: "", SWEEP_INTERVAL_SECONDS: "0" })).toMatchObject({ port: 8080, sweepIntervalMs: 0, databaseUrl: "mysql://root@127.0.0.1:3306/sessions" });
+    expect(() => loadConfig({ NODE_ENV: "production" })).toThrow(/KEY_ENCRYPTION_KEY: is required in production/);
+    expect(() => loadConfig({ NODE_ENV: "production", KEY_ENCRYPTION_KEY: developmentKeyEncryptionKey })).toThrow(/must not be the development key/);
+    const kek = Buffer.alloc(32, 7);
+    expect(loadConfig({ NODE_ENV: "production", KEY_ENCRYPTION_KEY: kek.toString("base64url") }).keyEncryptionKey).toEqual(kek);
   });
 
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
