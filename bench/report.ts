@@ -15,6 +15,8 @@ export interface Row {
   p50Ms: number;
   p99Ms: number;
   errors: number;
+  /** The service's highest resident memory while the row ran (rows on the main service only). */
+  peakRssMiB?: number;
   /** For rows whose goal is a latency or a fact rather than a ratio. */
   note?: string;
   isMet?: boolean;

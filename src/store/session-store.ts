@@ -107,14 +107,16 @@ interface StateRow extends EndRow {
 /** Sessions one revoke-all statement touches at most: a short transaction that locks only them. */
 const revokeBatchSize = 500;
 
-/** Most session-state reads one query may carry; bounds the IN list. */
+/** Most single-session reads one query may carry; bounds the IN list. */
 const maxStateBatch = 100;
 
-export function createSessionStore(pool: Pool): SessionStore {
-  // Verifies arriving in the same tick share one query per tenant (DataLoader batching). Nothing is
-  // cached: every load is answered by a query sent after it was asked, so it sees every revoke
-  // committed before the verify began.
-  const stateLoader = new DataLoader<readonly [string, string], SessionEndState | null, string>(
+/**
+ * Reads of single sessions by primary key, batched: the reads asked for in the same event-loop turn
+ * share one query per tenant. Nothing is cached: every read is answered by a query sent after it was
+ * asked, so it sees every write committed before the call began.
+ */
+function batchedReads<Row extends { id: Buffer }, T>(pool: Pool, columns: string, convert: (row: Row) => T): DataLoader<readonly [string, string], T | null, string> {
+  return new DataLoader<readonly [string, string], T | null, string>(
     async (keys) => {
       const byTenant = new Map<string, string[]>();
       for (const [tenantId, id] of keys) {
@@ -122,25 +124,25 @@ export function createSessionStore(pool: Pool): SessionStore {
         if (ids) ids.push(id);
         else byTenant.set(tenantId, [id]);
       }
-      const found = new Map<string, SessionEndState>();
+      const found = new Map<string, T>();
       await Promise.all(
         [...byTenant].map(async ([tenantId, ids]) => {
           // The batch serves many calls: no one caller's deadline may cut it short.
-          const rows = await withoutCall(() =>
-            query<StateRow[]>(
-              pool,
-              "SELECT id, expires_at, idle_expires_at, state, ends_at, end_reason, ended_by FROM sessions WHERE tenant_id = ? AND id IN (?)",
-              [tenantId, ids],
-            ),
-          );
-          for (const r of rows) found.set(`${tenantId}\0${text(r.id)}`, toEndState(r));
+          const rows = await withoutCall(() => query<Row[]>(pool, `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id IN (?)`, [tenantId, ids]));
+          for (const r of rows) found.set(`${tenantId}\0${text(r.id)}`, convert(r));
         }),
       );
       return keys.map(([tenantId, id]) => found.get(`${tenantId}\0${id}`) ?? null);
     },
-    // setImmediate gathers every verify parsed in the same event-loop turn into one batch.
+    // setImmediate gathers every call parsed in the same event-loop turn into one batch.
     { cache: false, maxBatchSize: maxStateBatch, batchScheduleFn: (run) => setImmediate(run) },
   );
+}
+
+export function createSessionStore(pool: Pool): SessionStore {
+  // Verify reads only what decides a session's status; GetSession the whole row.
+  const stateLoader = batchedReads<StateRow, SessionEndState>(pool, "id, expires_at, idle_expires_at, state, ends_at, end_reason, ended_by", toEndState);
+  const sessionLoader = batchedReads<SessionRow, Session>(pool, columns, toSession);
 
   return {
     async insertSession(s, refreshTokenHash, cap) {
@@ -177,13 +179,8 @@ export function createSessionStore(pool: Pool): SessionStore {
       }, { serializeOn: `user-cap\0${s.tenantId}\0${s.userId}` });
     },
 
-    async getSession(tenantId, id) {
-      const rows = await query<SessionRow[]>(
-        pool,
-        `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id = ?`,
-        [tenantId, id],
-      );
-      return rows[0] ? toSession(rows[0]) : null;
+    getSession(tenantId, id) {
+      return sessionLoader.load([tenantId, id]);
     },
 
     getSessionEndState(tenantId, id) {
