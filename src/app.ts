@@ -13,7 +13,9 @@ import { createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
 import { refuseOnResponse, refuseOnSocket, registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
 import { registerRpcRoutes } from "./transport/rpc-routes.js";
+import { registerRpcStreams, streamContextValues } from "./transport/rpc-streams.js";
 import { registerRpcUnary } from "./transport/rpc-unary.js";
+import { registerEventStream } from "./transport/sse.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
 
 /** Server timeouts: generous for real clients, short enough that slow or idle ones let go. */
@@ -88,11 +90,13 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
   }
   app.addHook("preClose", async () => {
     isShuttingDown = true;
+    // Event streams never end by themselves: end them, so their connections can close.
+    await services.eventFeed.stop();
     onePort.closeConnections();
   });
 
   // One pipeline for SessionService, whatever protocol carries the call.
-  const methods = createPipeline(SessionService, createSessionHandlers(services.sessionService, services.clock), {
+  const pipeline = createPipeline(SessionService, createSessionHandlers(services.sessionService, services.clock, { feed: services.eventFeed, cursorKey: services.eventCursorKey }), {
     authenticator: services.authenticator,
     log: app.log,
     metrics,
@@ -105,11 +109,15 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
   const isServing = async () => (await readiness()).isReady;
 
   // SessionService's unary RPCs: gRPC, gRPC-Web and Connect through the lean adapters.
-  registerRpcUnary(app, { methods, readMaxBytes: config.bodyLimitBytes });
-  registerRest(app, { service: SessionService, methods });
-  // The streaming services (health Watch, reflection) through connect-es.
+  registerRpcUnary(app, { methods: pipeline.unary, readMaxBytes: config.bodyLimitBytes });
+  registerRest(app, { service: SessionService, methods: pipeline.unary });
+  // The event feed over REST, as Server-Sent Events.
+  registerEventStream(app, pipeline.streams.get(`/${SessionService.typeName}/${SessionService.method.watchSessionEvents.name}`)!);
+  // The streaming RPCs (WatchSessionEvents, health Watch, reflection) through connect-es's router.
   registerRpcRoutes(app, {
+    contextValues: streamContextValues,
     routes(router) {
+      registerRpcStreams(router, pipeline.streams);
       registerHealth(router, isServing, { alsoServing: [SessionService] });
       // ErrorInfo only ever travels in error details, so nothing else would describe its file.
       registerReflection(router, { services: [SessionService], files: [file_google_rpc_error_details] });

@@ -1,4 +1,5 @@
 import { isIP } from "node:net";
+import { defaultEventRetentionDays } from "./domain/events.js";
 
 /**
  * The development key-encryption key. It lets `npm start` work with no configuration; with
@@ -123,6 +124,14 @@ function readConfig(env: NodeJS.ProcessEnv) {
     // the ends of sessions that expired (so lists read ended sessions by index) and deletes what
     // retention lets go. 0: never.
     sweepIntervalMs: r.int("SWEEP_INTERVAL_SECONDS", 0, 86_400, 30) * 1000,
+    // Session events are kept this many days; a consumer whose cursor is older must resynchronise.
+    eventRetentionDays: r.int("EVENT_RETENTION_DAYS", 1, 365, defaultEventRetentionDays),
+    // How often an instance reads new events for its subscribers (and numbers them, on the one
+    // instance that does): the bulk of how long a revocation takes to reach a verifier.
+    eventPollIntervalMs: r.int("EVENT_POLL_INTERVAL_MS", 5, 5_000, 50),
+    // A subscriber that hears nothing for this long gets a heartbeat (local verifiers fail closed
+    // after 10 s of silence by default, so this stays well below it).
+    eventHeartbeatMs: r.int("EVENT_HEARTBEAT_SECONDS", 1, 15, 5) * 1000,
   };
   if (r.problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${r.problems.join("\n  ")}`);
   return config;

@@ -8,7 +8,8 @@ import { systemClock, type Clock } from "./domain/clock.js";
 import { createPolicySource } from "./domain/policy.js";
 import { createSessionService, type SessionService } from "./domain/session-service.js";
 import { AppError } from "./domain/errors.js";
-import type { SessionStore, TenantStore } from "./domain/ports.js";
+import type { EventFeed } from "./domain/events.js";
+import type { EventStore, SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger, flushLogs } from "./logger.js";
 import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
@@ -19,6 +20,9 @@ import { createPolicyStore } from "./store/policy-store.js";
 import { createSessionStore } from "./store/session-store.js";
 import { createSigningKeyStore } from "./store/signing-key-store.js";
 import { createTenantStore } from "./store/tenant-store.js";
+import { createEventStore } from "./store/event-store.js";
+import { createEventFeed } from "./workers/event-feed.js";
+import { createEventSequencer, type EventSequencer } from "./workers/event-sequencer.js";
 import { createSessionSweep, type SessionSweep } from "./workers/session-sweep.js";
 
 /** Everything the app runs on, built once at start and closed once at the end. */
@@ -33,6 +37,12 @@ export interface Services {
   tenantStore: TenantStore;
   sessionStore: SessionStore;
   sessionSweep: SessionSweep;
+  eventStore: EventStore;
+  eventSequencer: EventSequencer;
+  /** This instance's event feed: one poller, every SSE and RPC subscriber. */
+  eventFeed: EventFeed;
+  /** Keys event cursors (each bound to its tenant). */
+  eventCursorKey: Buffer;
   log: Logger;
   /**
    * Whether this instance can serve: the database answers and takes writes, and the signing keys
@@ -40,7 +50,7 @@ export interface Services {
    * the database probe.
    */
   readiness(timeoutMs: number): Promise<{ isReady: boolean; problems: string[] }>;
-  /** Starts the background workers (the retention sweep). */
+  /** Starts the background workers (the session sweep, the event sequencer). */
   startWorkers(): void;
   close(): Promise<void>;
 }
@@ -100,11 +110,15 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     const metricsRegistry = new Registry();
     collectDefaultMetrics({ register: metricsRegistry });
     registerKeyRingMetrics(metricsRegistry, keyRing);
+    const leases = createLeaseStore(pool);
+    const eventStore = createEventStore(pool);
     const sessionSweep = createSessionSweep({
       store: createSweepStore(pool),
-      leases: createLeaseStore(pool),
+      leases,
+      events: eventStore,
       clock,
       retentionDays: config.retentionDays,
+      eventRetentionDays: config.eventRetentionDays,
       intervalMs: config.sweepIntervalMs,
       registry: metricsRegistry,
       onError: (err) => log.error({ err }, "retention sweep failed"),
@@ -112,6 +126,23 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     // Cursor MACs and refresh-token successors get their own keys, derived so that one secret (the
     // KEK) is all an operator manages.
     const deriveKey = (purpose: string) => Buffer.from(hkdfSync("sha256", config.keyEncryptionKey, Buffer.alloc(0), purpose, 32));
+    const eventSequencer = createEventSequencer({
+      store: eventStore,
+      leases,
+      clock,
+      registry: metricsRegistry,
+      idleIntervalMs: config.eventPollIntervalMs,
+      onError: (err) => log.error({ err }, "numbering events failed"),
+    });
+    const eventFeed = createEventFeed({
+      store: eventStore,
+      clock,
+      registry: metricsRegistry,
+      pollIntervalMs: config.eventPollIntervalMs,
+      heartbeatMs: config.eventHeartbeatMs,
+      retentionDays: config.eventRetentionDays,
+      onError: (err) => log.error({ err }, "reading events failed"),
+    });
     return {
       pool,
       metricsRegistry,
@@ -130,6 +161,10 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       tenantStore,
       sessionStore,
       sessionSweep,
+      eventStore,
+      eventSequencer,
+      eventFeed,
+      eventCursorKey: deriveKey("sessions/event-cursor/v1"),
       log,
       async readiness(timeoutMs) {
         const problems: string[] = [];
@@ -140,9 +175,12 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       },
       startWorkers() {
         sessionSweep.start();
+        eventSequencer.start();
       },
       async close() {
         keyRing.stop();
+        await eventFeed.stop();
+        await eventSequencer.stop();
         await sessionSweep.stop();
         await closePool(pool);
         flushLogs(log);

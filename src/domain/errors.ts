@@ -22,6 +22,8 @@ export const errorCodes = [
   "headers_too_large",
   "rate_limit_exceeded",
   "deadline_exceeded",
+  "cursor_expired",
+  "subscriber_too_slow",
   "cancelled",
   "unavailable",
   "internal",

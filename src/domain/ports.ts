@@ -1,3 +1,4 @@
+import type { SessionEvent } from "./events.js";
 import type {
   ApiKey,
   EndReason,
@@ -113,6 +114,24 @@ export interface SweepStore {
 export interface PurgeCounts {
   sessions: number;
   refreshTokens: number;
+}
+
+/** The event log (see domain/events.ts): written by the database, read in seq order. */
+export interface EventStore {
+  /** Gives the next seqs to up to `limit` committed events that have none yet; returns how many. */
+  sequence(limit: number): Promise<number>;
+  /** The highest seq given so far (0 when none). */
+  headSeq(): Promise<number>;
+  /** Up to `limit` events after `seq`, every tenant's, in seq order. */
+  readAfter(seq: number, limit: number): Promise<SessionEvent[]>;
+  /** Up to `limit` events of the tenant's feed (its own and the service's) after `seq`, in seq order. */
+  readTenantAfter(tenantId: string, seq: number, limit: number): Promise<SessionEvent[]>;
+  /** The lowest seq of an event that occurred at or after `time`; null when there is none. */
+  firstSeqSince(time: Date): Promise<number | null>;
+  /** Every event up to this seq has been deleted by retention (0: none yet). */
+  purgedThrough(): Promise<number>;
+  /** Deletes up to `limit` of the oldest events, all of which occurred before `cutoff`; returns how many. */
+  purgeBefore(cutoff: Date, limit: number): Promise<number>;
 }
 
 /** Leases for background work one instance at a time should do; they outlive connections. */

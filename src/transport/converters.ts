@@ -5,8 +5,10 @@ import {
   RevokeReason as ProtoRevokeReason,
   SessionStatus as ProtoSessionStatus,
   type SessionSchema,
+  type WatchSessionEventsResponseSchema,
 } from "../../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../domain/errors.js";
+import type { FeedItem } from "../domain/events.js";
 import { endOf, statusOf, type DeviceType, type EndReason, type Session, type SessionStatus } from "../domain/model.js";
 
 /** Small pure converters between domain values and generated messages, named by direction. */
@@ -79,4 +81,20 @@ export function statusFilterFromProto(status: ProtoSessionStatus | undefined): S
 
 export function fromProtoDeviceType(deviceType: ProtoDeviceType): DeviceType | undefined {
   return deviceTypeFromProtoTable.get(deviceType);
+}
+
+/** A feed item as the RPC and SSE carry it; `cursorOf` makes the tenant's cursor for a seq. */
+export function toProtoEvent(item: FeedItem, cursorOf: (seq: number) => string, now: Date): MessageInitShape<typeof WatchSessionEventsResponseSchema> {
+  if (item.kind === "heartbeat") return { cursor: cursorOf(item.seq), type: "heartbeat", occurredAt: timestampFromDate(now) };
+  const e = item.event;
+  return {
+    cursor: cursorOf(e.seq),
+    type: e.type,
+    sessionId: e.sessionId ?? "",
+    userId: e.userId ?? "",
+    reason: e.reason ?? "",
+    revokedBy: e.type === "session.revoked" ? (e.actor ?? "") : "",
+    keyId: e.keyId ?? "",
+    occurredAt: timestampFromDate(e.occurredAt),
+  };
 }

@@ -26,6 +26,10 @@ export const errorTable: Record<ErrorCode, { code: Code; status: number }> = {
   rate_limit_exceeded: { code: Code.ResourceExhausted, status: 429 },
   // Only RPCs carry a client deadline (grpc-timeout, connect-timeout-ms); 504 is its HTTP form.
   deadline_exceeded: { code: Code.DeadlineExceeded, status: 504 },
+  // An event cursor older than the events kept: the reader must resynchronise (410 Gone on REST).
+  cursor_expired: { code: Code.OutOfRange, status: 410 },
+  // An event stream whose reader fell too far behind: it is ended, and the reader resumes from its last cursor.
+  subscriber_too_slow: { code: Code.Unavailable, status: 503 },
   // The client went away (closed the connection, reset the stream): nobody reads the answer.
   cancelled: { code: Code.Canceled, status: 499 },
   unavailable: { code: Code.Unavailable, status: 503 },

@@ -32,12 +32,22 @@ export interface Call extends CallInfo {
   caller: Caller;
 }
 
-/** One handler per unary RPC: convert in, call the domain, convert out. */
+type MethodsOfKind<S extends DescService, Kind extends string> = {
+  [K in keyof S["method"]]: S["method"][K]["methodKind"] extends Kind ? K : never;
+}[keyof S["method"]];
+
+/**
+ * One handler per RPC: convert in, call the domain, convert out. A unary RPC's resolves with its
+ * response; a server-streaming RPC's resolves, once the stream can start (errors before that are
+ * the call's errors), with the messages to send until it ends.
+ */
 export type Handlers<S extends DescService> = {
-  [K in keyof S["method"]]: (
+  [K in MethodsOfKind<S, "unary">]: (request: MessageShape<S["method"][K]["input"]>, call: Call) => Promise<MessageInitShape<S["method"][K]["output"]>>;
+} & {
+  [K in MethodsOfKind<S, "server_streaming">]: (
     request: MessageShape<S["method"][K]["input"]>,
     call: Call,
-  ) => Promise<MessageInitShape<S["method"][K]["output"]>>;
+  ) => Promise<AsyncIterable<MessageInitShape<S["method"][K]["output"]>>>;
 };
 
 export interface PipelineDeps {
@@ -45,6 +55,22 @@ export interface PipelineDeps {
   log: FastifyBaseLogger;
   metrics: Metrics;
   rateLimits: RateLimits;
+}
+
+/** A server-streaming RPC behind the pipeline. */
+export interface PipelineStream {
+  method: DescMethod;
+  /**
+   * Authenticates and limits the call and starts the stream; resolves with its messages (ended
+   * when the iterator is returned). Errors, before or during the stream, are AppErrors as `run`'s are.
+   */
+  open(request: Message, info: CallInfo): Promise<AsyncIterable<Message>>;
+}
+
+/** The RPCs behind the pipeline by path (`/pkg.Service/Method`): unary ones for every adapter, streaming ones for the stream adapters. */
+export interface Pipeline {
+  unary: Map<string, PipelineMethod>;
+  streams: Map<string, PipelineStream>;
 }
 
 /** A unary RPC behind the pipeline, as every adapter calls it. */
@@ -66,9 +92,10 @@ const retryAfterUnavailableSeconds = 1;
  * RPCs and for failed authentications, per tenant after authentication), authentication (secret
  * key + X-Tenant-ID, or the tenant header alone for RPCs marked `is_public`), no-store headers for
  * RPCs marked `no_store`, the client's deadline and cancellation for all of it, authentication
- * included, and one error mapping. Returns the RPCs by their path (`/pkg.Service/Method`).
+ * included, and one error mapping. Streaming RPCs go through the same steps before their first
+ * message. Returns the RPCs by their path (`/pkg.Service/Method`).
  */
-export function createPipeline<S extends DescService>(service: S, handlers: Handlers<S>, deps: PipelineDeps): Map<string, PipelineMethod> {
+export function createPipeline<S extends DescService>(service: S, handlers: Handlers<S>, deps: PipelineDeps): Pipeline {
   async function authenticate(info: CallInfo): Promise<Caller> {
     try {
       return await deps.authenticator.authenticate(info.header("authorization"), info.header("x-tenant-id"), (isRecentlyValid) =>
@@ -85,14 +112,66 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
     return { tenantId: requireTenantId(info.header("x-tenant-id")), keyId: null };
   }
 
-  const methods = new Map<string, PipelineMethod>();
+  /** The caller, authenticated and within its limits, before anything else the call does. */
+  async function admit(method: DescMethod, info: CallInfo): Promise<Caller> {
+    throwIfCancelled();
+    const caller = getOption(method, is_public) ? await publicCaller(info) : await authenticate(info);
+    await deps.rateLimits.checkTenant(info, tierOf(method), caller.tenantId);
+    throwIfCancelled();
+    return caller;
+  }
+  /** Anything thrown as the AppError callers see: a bug or an untranslated error becomes a logged `internal`. */
+  function publicError(method: DescMethod, info: CallInfo, err: unknown): AppError {
+    const error = err instanceof AppError ? err : new AppError("internal", "internal error", undefined, { cause: err });
+    if (error.code === "internal") deps.log.error({ err: error.cause ?? err, rpc: method.name }, "internal error");
+    // The database is failing over, read-only or down: worth a retry, soon.
+    if (error.code === "unavailable") info.responseHeaders.set("retry-after", String(retryAfterUnavailableSeconds));
+    return error;
+  }
+
+  const unary = new Map<string, PipelineMethod>();
+  const streams = new Map<string, PipelineStream>();
   for (const method of service.methods) {
+    const path = `/${service.typeName}/${method.name}`;
+    if (method.methodKind === "server_streaming") {
+      const handler = (handlers as unknown as Record<string, (req: Message, call: Call) => Promise<AsyncIterable<object>>>)[method.localName];
+      if (handler === undefined) throw new Error(`${service.typeName}.${method.name} has no handler`);
+      streams.set(path, {
+        method,
+        async open(request, info) {
+          const stop = deps.metrics.startRpc(method.name, info.protocol);
+          let messages: AsyncIterable<object>;
+          try {
+            // The deadline and cancellation cover the start; the stream then runs until the client leaves.
+            messages = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
+              const caller = await admit(method, info);
+              return handler(request, { ...info, method, caller });
+            });
+          } catch (err) {
+            const error = publicError(method, info, err);
+            stop(error.code);
+            throw error;
+          }
+          return (async function* () {
+            let code = "ok";
+            try {
+              for await (const message of messages) yield create(method.output, message as never);
+            } catch (err) {
+              const error = publicError(method, info, err);
+              code = error.code;
+              throw error;
+            } finally {
+              stop(code);
+            }
+          })();
+        },
+      });
+      continue;
+    }
     const handler = (handlers as unknown as Record<string, (req: Message, call: Call) => Promise<object>>)[method.localName];
-    if (method.methodKind !== "unary" || handler === undefined) throw new Error(`${service.typeName}.${method.name}: only unary RPCs with a handler go through the pipeline`);
-    const isPublic = getOption(method, is_public);
+    if (method.methodKind !== "unary" || handler === undefined) throw new Error(`${service.typeName}.${method.name}: only unary and server-streaming RPCs with a handler go through the pipeline`);
     const isNoStore = getOption(method, no_store);
-    const tier = tierOf(method);
-    methods.set(`/${service.typeName}/${method.name}`, {
+    unary.set(path, {
       method,
       async run(request, info) {
         const stop = deps.metrics.startRpc(method.name, info.protocol);
@@ -100,10 +179,7 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
         if (isNoStore) info.responseHeaders.set("cache-control", "no-store").set("pragma", "no-cache");
         try {
           const response = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
-            throwIfCancelled();
-            const caller = isPublic ? await publicCaller(info) : await authenticate(info);
-            await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
-            throwIfCancelled();
+            const caller = await admit(method, info);
             const response = await handler(request, { ...info, method, caller });
             // An answer after the deadline is not one the client waits for: it gets the error instead.
             throwIfCancelled();
@@ -112,17 +188,14 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
           stop("ok");
           return create(method.output, response as never);
         } catch (err) {
-          const error = err instanceof AppError ? err : new AppError("internal", "internal error", undefined, { cause: err });
+          const error = publicError(method, info, err);
           stop(error.code);
-          if (error.code === "internal") deps.log.error({ err: error.cause ?? err, rpc: method.name }, "internal error");
-          // The database is failing over, read-only or down: worth a retry, soon.
-          if (error.code === "unavailable") info.responseHeaders.set("retry-after", String(retryAfterUnavailableSeconds));
           throw error;
         }
       },
     });
   }
-  return methods;
+  return { unary, streams };
 }
 
 /** A call's description from the fastify request that carries it, for every adapter alike. */

@@ -1,16 +1,34 @@
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
 import type { Clock } from "../domain/clock.js";
+import { encodeEventCursor, feedStart, type EventFeed } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
-import { fromProtoDeviceType, statusFilterFromProto, toProtoSession } from "./converters.js";
+import { fromProtoDeviceType, statusFilterFromProto, toProtoEvent, toProtoSession } from "./converters.js";
 import type { Handlers } from "./pipeline.js";
 
 /**
  * The RPC handlers: convert in, call the domain, convert out. Authentication, limits and error
  * mapping happen around them (pipeline.ts), for every protocol alike.
  */
-export function createSessionHandlers(service: SessionService, clock: Clock): Handlers<typeof SessionServiceDesc> {
+export function createSessionHandlers(
+  service: SessionService,
+  clock: Clock,
+  events: { feed: EventFeed; cursorKey: Buffer },
+): Handlers<typeof SessionServiceDesc> {
   return {
+    async watchSessionEvents(req, { caller: { tenantId } }) {
+      const start = feedStart(events.cursorKey, tenantId, { after: req.after, since: req.since === undefined ? undefined : timestampDate(req.since) });
+      const subscription = await events.feed.subscribe(tenantId, start);
+      const cursorOf = (seq: number) => encodeEventCursor(events.cursorKey, tenantId, seq);
+      return (async function* () {
+        try {
+          for await (const item of subscription) yield toProtoEvent(item, cursorOf, clock.now());
+        } finally {
+          subscription.close();
+        }
+      })();
+    },
+
     async listSessions(req, { caller }) {
       const page = await service.list(caller.tenantId, {
         userId: req.userId,

@@ -2,14 +2,16 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { Clock } from "../domain/clock.js";
-import type { LeaseStore, SweepStore } from "../domain/ports.js";
-import { purge, recordTimeEnds, retentionCutoff, type PurgeReport } from "../domain/sweep.js";
+import type { EventStore, LeaseStore, SweepStore } from "../domain/ports.js";
+import { purge, purgeBatchSize, recordTimeEnds, retentionCutoff, type PurgeReport } from "../domain/sweep.js";
 
 export interface SessionSweepOptions {
   store: SweepStore;
   leases: LeaseStore;
+  events: EventStore;
   clock: Clock;
   retentionDays: number;
+  eventRetentionDays: number;
   /** How often an instance tries to sweep; 0 turns the sweep off. */
   intervalMs: number;
   registry: Registry;
@@ -29,6 +31,8 @@ export interface SweepReport {
   /** Sessions whose end by time this sweep recorded. */
   endsRecorded: number;
   purged: PurgeReport;
+  /** Session events deleted for being older than the event retention. */
+  eventsPurged: number;
 }
 
 const leaseName = "session-sweep";
@@ -41,7 +45,7 @@ const firstRunDelayMs = 2_000;
  * the lease runs out. The first run comes soon after start, the next every interval.
  */
 export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
-  const { store, leases, clock, retentionDays, intervalMs, registry } = opts;
+  const { store, leases, events, clock, retentionDays, eventRetentionDays, intervalMs, registry } = opts;
   const holder = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   // Long enough to cover a run between renewals, short enough for another instance to take over soon.
   const leaseMs = Math.max(2 * intervalMs, 60_000);
@@ -52,7 +56,7 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
   });
   const purged = new Counter({
     name: "sessions_retention_purged_total",
-    help: "Rows deleted by the session sweep's retention, by kind (session, refresh_token).",
+    help: "Rows deleted by the session sweep's retention, by kind (session, refresh_token, event).",
     labelNames: ["kind"] as const,
     registers: [registry],
   });
@@ -80,8 +84,13 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
     const report = await purge(store, retentionCutoff(clock.now(), retentionDays), { beforeBatch: holdLease });
     purged.inc({ kind: "session" }, report.total.sessions);
     purged.inc({ kind: "refresh_token" }, report.total.refreshTokens);
+    // Events, oldest first, in small batches like everything else here.
+    let eventsPurged = 0;
+    const eventCutoff = retentionCutoff(clock.now(), eventRetentionDays);
+    for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); eventsPurged += n) n = await events.purgeBefore(eventCutoff, purgeBatchSize);
+    purged.inc({ kind: "event" }, eventsPurged);
     lastSweep.set(Date.now() / 1000);
-    return { endsRecorded: ends, purged: report };
+    return { endsRecorded: ends, purged: report, eventsPurged };
   }
 
   return {

@@ -15,7 +15,7 @@ export interface TestServer {
   config: Config;
   url: string;
   port: number;
-  tenant: { id: string; secretKey: string; headers: Record<string, string> };
+  tenant: { id: string; secretKey: string; keyId: string; headers: Record<string, string> };
   /** Creates another tenant with its own key. */
   addTenant(name?: string): Promise<{ id: string; secretKey: string; keyId: string; headers: Record<string, string> }>;
   close(): Promise<void>;

@@ -1,0 +1,99 @@
+import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
+import type { SessionEvent, SessionEventType } from "../domain/events.js";
+import type { EventStore } from "../domain/ports.js";
+import { inTransaction, query, text, type Pool } from "./db.js";
+
+interface EventRow extends RowDataPacket {
+  seq: number;
+  tenant_id: Buffer | null;
+  type: string;
+  session_id: Buffer | null;
+  user_id: Buffer | null;
+  reason: string | null;
+  actor: Buffer | null;
+  key_id: Buffer | null;
+  occurred_at: Date;
+}
+
+const columns = "seq, tenant_id, type, session_id, user_id, reason, actor, key_id, occurred_at";
+const orNull = (b: Buffer | null) => (b === null ? null : text(b));
+
+function toEvent(r: EventRow): SessionEvent {
+  return {
+    seq: Number(r.seq),
+    tenantId: orNull(r.tenant_id),
+    type: r.type as SessionEventType,
+    sessionId: orNull(r.session_id),
+    userId: orNull(r.user_id),
+    reason: r.reason,
+    actor: orNull(r.actor),
+    keyId: orNull(r.key_id),
+    occurredAt: r.occurred_at,
+  };
+}
+
+/** The event log (migration 0005): sequencing committed rows, reading in seq order, retention. */
+export function createEventStore(pool: Pool): EventStore {
+  return {
+    async sequence(limit) {
+      // Only committed rows are seen (a plain read); the one sequencer numbers them in insertion
+      // order after the highest seq given so far. Numbers are consecutive: a reader can tell that it
+      // has every event up to a seq.
+      return inTransaction(pool, async (conn) => {
+        const [pending] = await conn.query<RowDataPacket[]>("SELECT id FROM session_events WHERE seq IS NULL ORDER BY id LIMIT ?", [limit]);
+        if (pending.length === 0) return 0;
+        const [[top]] = await conn.query<RowDataPacket[]>("SELECT COALESCE(MAX(seq), 0) AS top FROM session_events");
+        const ids = pending.map((r) => r.id as number);
+        const [result] = await conn.query<ResultSetHeader>("UPDATE session_events SET seq = ? + FIELD(id, ?) WHERE id IN (?) AND seq IS NULL", [
+          Number(top!.top),
+          ids,
+          ids,
+        ]);
+        return result.affectedRows;
+      });
+    },
+    async headSeq() {
+      const rows = await query<RowDataPacket[]>(pool, "SELECT COALESCE(MAX(seq), 0) AS head FROM session_events");
+      return Number(rows[0]!.head);
+    },
+    async readAfter(seq, limit) {
+      const rows = await query<EventRow[]>(pool, `SELECT ${columns} FROM session_events WHERE seq > ? ORDER BY seq LIMIT ?`, [seq, limit]);
+      return rows.map(toEvent);
+    },
+    async readTenantAfter(tenantId, seq, limit) {
+      // Two index ranges (the tenant's events, the service's own), merged in seq order.
+      const rows = await query<EventRow[]>(
+        pool,
+        `(SELECT ${columns} FROM session_events WHERE tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?)
+         UNION ALL
+         (SELECT ${columns} FROM session_events WHERE tenant_id IS NULL AND seq > ? ORDER BY seq LIMIT ?)
+         ORDER BY seq LIMIT ?`,
+        [tenantId, seq, limit, seq, limit, limit],
+      );
+      return rows.map(toEvent);
+    },
+    async firstSeqSince(time) {
+      const rows = await query<RowDataPacket[]>(pool, "SELECT MIN(seq) AS first FROM session_events WHERE occurred_at >= ? AND seq IS NOT NULL", [time]);
+      return rows[0]!.first === null ? null : Number(rows[0]!.first);
+    },
+    async purgedThrough() {
+      const rows = await query<RowDataPacket[]>(pool, "SELECT purged_through_seq AS seq FROM session_event_log WHERE id = 1");
+      return Number(rows[0]?.seq ?? 0);
+    },
+    async purgeBefore(cutoff, limit) {
+      // Events go from the bottom of the log up, so that "purged through" is one number: up to the
+      // first event still within retention (or everything sequenced, when all are older).
+      const [first] = await query<RowDataPacket[]>(pool, "SELECT MIN(seq) AS first FROM session_events WHERE occurred_at >= ? AND seq IS NOT NULL", [cutoff]);
+      const [head] = await query<RowDataPacket[]>(pool, "SELECT COALESCE(MAX(seq), 0) AS head FROM session_events");
+      const through = first!.first === null ? Number(head!.head) : Number(first!.first) - 1;
+      return inTransaction(pool, async (conn) => {
+        const [deleted] = await conn.query<ResultSetHeader>("DELETE FROM session_events WHERE seq <= ? ORDER BY seq LIMIT ?", [through, limit]);
+        const [[low]] = await conn.query<RowDataPacket[]>("SELECT MIN(seq) AS low FROM session_events WHERE seq IS NOT NULL");
+        // Everything below the lowest seq left (or through `through`, when nothing is left) is gone.
+        const gone = low!.low === null ? through : Math.min(through, Number(low!.low) - 1);
+        await conn.query("UPDATE session_event_log SET purged_through_seq = GREATEST(purged_through_seq, ?) WHERE id = 1", [gone]);
+        return deleted.affectedRows;
+      });
+    },
+  };
+}

@@ -1,0 +1,81 @@
+import { once } from "node:events";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { WatchSessionEventsRequestSchema, WatchSessionEventsResponseSchema, type WatchSessionEventsResponse } from "../../gen/sessions/v1/sessions_pb.js";
+import { AppError } from "../domain/errors.js";
+import { toPublicError } from "./error-codes.js";
+import { callInfoOf, type PipelineStream } from "./pipeline.js";
+import { invalidQuery, isInvalidQuery } from "./rest.js";
+import { restJsonEncoder } from "./rest-json.js";
+
+/** Where the REST feed is served. */
+export const eventStreamPath = "/v1/sessions/events";
+
+const encodeEvent = restJsonEncoder(WatchSessionEventsResponseSchema);
+
+/**
+ * GET /v1/sessions/events: the tenant's event feed (WatchSessionEvents) as Server-Sent Events.
+ * Each event is `id:` (its cursor), `event:` (its type) and `data:` (one JSON object, the REST form of
+ * WatchSessionEventsResponse); a heartbeat is a comment with the current cursor as `id:` (which
+ * moves an EventSource's Last-Event-ID on without an event). It resumes after the standard
+ * Last-Event-ID header, or else `?after=<cursor>`, or starts at `?since=<RFC 3339 time>`; nothing
+ * given, from now on. Errors before the stream starts are REST errors; an error after (a reader too
+ * slow, a database gone) is an `error` event, and the stream ends.
+ */
+export function registerEventStream(app: FastifyInstance, stream: PipelineStream): void {
+  app.get(eventStreamPath, async (request: FastifyRequest, reply: FastifyReply) => {
+    const query = request.query as Record<string, string | string[] | undefined>;
+    if (isInvalidQuery(query)) throw invalidQuery();
+    for (const [name, value] of Object.entries(query)) {
+      if (name !== "after" && name !== "since") throw new AppError("invalid_request", `unknown query parameter ${name}; this feed takes after or since`, name);
+      if (Array.isArray(value)) throw new AppError("invalid_request", `the query parameter ${name} is given more than once`, name);
+    }
+    // An EventSource reconnecting sends Last-Event-ID with the URL it started with: the header wins.
+    const lastEventId = request.headers["last-event-id"];
+    const after = typeof lastEventId === "string" && lastEventId !== "" ? lastEventId : ((query.after as string | undefined) ?? "");
+    const since = query.since === undefined ? undefined : parseTime(query.since as string);
+    const info = callInfoOf(request, reply, "rest", undefined);
+    let messages: AsyncIterable<WatchSessionEventsResponse>;
+    try {
+      const input = create(WatchSessionEventsRequestSchema, { after, ...(since ? { since: timestampFromDate(since) } : {}) });
+      messages = (await stream.open(input, info)) as AsyncIterable<WatchSessionEventsResponse>;
+    } finally {
+      for (const [key, value] of info.responseHeaders) reply.header(key, value);
+    }
+    reply.hijack();
+    const raw = reply.raw;
+    raw.writeHead(200, {
+      ...(reply.getHeaders() as Record<string, string>),
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      // Proxies (nginx) must pass each event on as it comes.
+      "x-accel-buffering": "no",
+    });
+    const iterator = messages[Symbol.asyncIterator]();
+    // The client leaving ends the subscription.
+    raw.once("close", () => void iterator.return?.());
+    const write = async (text: string) => {
+      if (!raw.write(text)) await Promise.race([once(raw, "drain"), once(raw, "close")]);
+    };
+    try {
+      await write("retry: 1000\n\n");
+      for (let item = await iterator.next(); !item.done && !raw.destroyed; item = await iterator.next()) {
+        const m = item.value;
+        await write(m.type === "heartbeat" ? `: heartbeat\nid: ${m.cursor}\n\n` : `id: ${m.cursor}\nevent: ${m.type}\ndata: ${encodeEvent(m)}\n\n`);
+      }
+    } catch (err) {
+      const { code, message } = toPublicError(err);
+      if (!raw.destroyed) await write(`event: error\ndata: ${JSON.stringify({ error: { code, message, request_id: request.id } })}\n\n`);
+    } finally {
+      raw.end();
+    }
+  });
+}
+
+/** An RFC 3339 time with a zone (`2026-11-30T12:00:00Z`), or invalid_request naming `since`. */
+function parseTime(value: string): Date {
+  const time = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(value) ? new Date(value) : new Date(Number.NaN);
+  if (Number.isNaN(time.getTime())) throw new AppError("invalid_request", "since must be an RFC 3339 time such as 2026-11-30T12:00:00Z", "since");
+  return time;
+}
