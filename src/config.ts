@@ -125,7 +125,8 @@ function readConfig(env: NodeJS.ProcessEnv) {
     // retention lets go. 0: never.
     sweepIntervalMs: r.int("SWEEP_INTERVAL_SECONDS", 0, 86_400, 30) * 1000,
     // Session events are kept this many days; a consumer whose cursor is older must resynchronise.
-    eventRetentionDays: r.int("EVENT_RETENTION_DAYS", 1, 365, defaultEventRetentionDays),
+    // At least 2: a local verifier starting up reads the last day (the longest an access token lives).
+    eventRetentionDays: r.int("EVENT_RETENTION_DAYS", 2, 365, defaultEventRetentionDays),
     // How often an instance reads new events for its subscribers (and numbers them, on the one
     // instance that does): the bulk of how long a revocation takes to reach a verifier.
     eventPollIntervalMs: r.int("EVENT_POLL_INTERVAL_MS", 5, 5_000, 50),

@@ -111,6 +111,7 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
       for (;;) {
         if (subscriber.position >= head || subscriber.position + 1 >= bufferFirstSeq()) {
           subscriber.offer(buffer.filter((e) => e.seq > subscriber.position), head);
+          subscriber.isLive = true;
           subscribers.add(subscriber);
           ensurePolling();
           return subscriber;
@@ -140,6 +141,10 @@ class Subscriber implements Subscription {
   position: number;
   private failure: AppError | undefined;
   isClosed = false;
+  /** Caught up with the log: what is queued now is all there was. */
+  isLive = false;
+  /** The reader heard that it caught up (a heartbeat as soon as a live queue runs dry). */
+  private hasSaidCaughtUp = false;
   private wake: (() => void) | undefined;
   private roomMade: (() => void) | undefined;
 
@@ -193,6 +198,12 @@ class Subscriber implements Subscription {
         }
         if (this.failure !== undefined) throw this.failure;
         if (this.isClosed) return;
+        if (this.isLive && !this.hasSaidCaughtUp) {
+          // The first heartbeat comes at once: a reader that started behind knows it has caught up.
+          this.hasSaidCaughtUp = true;
+          yield { kind: "heartbeat", seq: this.position };
+          continue;
+        }
         const isWoken = await new Promise<boolean>((resolve) => {
           const timer = setTimeout(() => resolve(false), this.heartbeatMs);
           this.wake = () => {
