@@ -14,6 +14,7 @@ import { grpcLoad, type LoadResult } from "./grpc-load.js";
 import { writeReport, type Row } from "./report.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
 import { runScale } from "./scale.js";
+import { runEvents } from "./events.js";
 
 /**
  * `npm run bench`: every row of the performance table, the real service against a bare baseline
@@ -24,6 +25,8 @@ import { runScale } from "./scale.js";
  *   npm run bench                    the throughput rows
  *   npm run bench -- --scale         also the rows at a million sessions (seeds them by SQL once)
  *   npm run bench -- --only=verify   rows whose name contains "verify"
+ *
+ * The session-event rows (bench/events.ts) run a second instance on the same database.
  *
  * BENCH_SECONDS (default 6) per run, BENCH_RUNS (default 3, the median is reported),
  * BENCH_CONNECTIONS (default 32), BENCH_FLAGS (node flags added to the service's, for experiments).
@@ -189,7 +192,8 @@ async function main() {
   execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
   const { tenantId, secret } = await seedTenant(databaseUrl, "bench");
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
-  const service = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: randomBytes(32).toString("base64url") });
+  const keyEncryptionKey = randomBytes(32).toString("base64url");
+  const service = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: keyEncryptionKey, WEBHOOK_ALLOW_PRIVATE: "true" });
   const idleRss = await service.rss();
   rssSeen.peak = idleRss;
   const sampler = setInterval(
@@ -256,6 +260,12 @@ async function main() {
     }
     if (isWanted("list pages")) {
       rows.push(await compare("list pages of 100 rows", "≥ 2× before", undefined, () => httpLoad({ url: `${base}/v1/sessions?limit=100`, headers }), () => httpLoad({ url: `http://127.0.0.1:${dbBaseline.port}/list` }), "bare node:http + SELECT 100 rows + JSON.stringify"));
+    }
+    if (["SDK verify", "revocation lag", "webhook"].some(isWanted)) {
+      // A second instance on the same database: the local verifier follows its feed.
+      const peer = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: keyEncryptionKey });
+      children.push(peer.child);
+      rows.push(...(await runEvents({ a: service, b: peer, databaseUrl, keyEncryptionKey, tenantId, secret, headers, sessions, seconds, runs, isWanted })));
     }
     if (isScale) rows.push(...(await runScale({ serverUrl, httpLoad, startService, isWanted })));
   } finally {

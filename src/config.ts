@@ -133,6 +133,11 @@ function readConfig(env: NodeJS.ProcessEnv) {
     // A subscriber that hears nothing for this long gets a heartbeat (local verifiers fail closed
     // after 10 s of silence by default, so this stays well below it).
     eventHeartbeatMs: r.int("EVENT_HEARTBEAT_SECONDS", 1, 15, 5) * 1000,
+    // How often the webhook dispatcher (one instance at a time) looks for new events and due retries.
+    webhookPollIntervalMs: r.int("WEBHOOK_POLL_INTERVAL_MS", 10, 60_000, 250),
+    // Webhooks to loopback, private, link-local and other reserved addresses are refused unless this
+    // is true (tests and private networks).
+    webhookAllowPrivate: r.oneOf("WEBHOOK_ALLOW_PRIVATE", ["true", "false"], "false") === "true",
   };
   if (r.problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${r.problems.join("\n  ")}`);
   return config;

@@ -24,6 +24,8 @@ import { createEventStore } from "./store/event-store.js";
 import { createEventFeed } from "./workers/event-feed.js";
 import { createEventSequencer, type EventSequencer } from "./workers/event-sequencer.js";
 import { createSessionSweep, type SessionSweep } from "./workers/session-sweep.js";
+import { createWebhookStore } from "./store/webhook-store.js";
+import { createWebhookDispatcher, type WebhookDispatcher } from "./workers/webhook-dispatcher.js";
 
 /** Everything the app runs on, built once at start and closed once at the end. */
 export interface Services {
@@ -43,6 +45,8 @@ export interface Services {
   eventFeed: EventFeed;
   /** Keys event cursors (each bound to its tenant). */
   eventCursorKey: Buffer;
+  /** Sends the event log to webhook endpoints (one instance at a time). */
+  webhookDispatcher: WebhookDispatcher;
   log: Logger;
   /**
    * Whether this instance can serve: the database answers and takes writes, and the signing keys
@@ -50,7 +54,7 @@ export interface Services {
    * the database probe.
    */
   readiness(timeoutMs: number): Promise<{ isReady: boolean; problems: string[] }>;
-  /** Starts the background workers (the session sweep, the event sequencer). */
+  /** Starts the background workers (the session sweep, the event sequencer, the webhook dispatcher). */
   startWorkers(): void;
   close(): Promise<void>;
 }
@@ -112,10 +116,12 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     registerKeyRingMetrics(metricsRegistry, keyRing);
     const leases = createLeaseStore(pool);
     const eventStore = createEventStore(pool);
+    const webhookStore = createWebhookStore(pool);
     const sessionSweep = createSessionSweep({
       store: createSweepStore(pool),
       leases,
       events: eventStore,
+      webhooks: webhookStore,
       clock,
       retentionDays: config.retentionDays,
       eventRetentionDays: config.eventRetentionDays,
@@ -143,6 +149,19 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       retentionDays: config.eventRetentionDays,
       onError: (err) => log.error({ err }, "reading events failed"),
     });
+    const eventCursorKey = deriveKey("sessions/event-cursor/v1");
+    const webhookDispatcher = createWebhookDispatcher({
+      store: webhookStore,
+      events: eventStore,
+      leases,
+      clock,
+      registry: metricsRegistry,
+      keyEncryptionKey: config.keyEncryptionKey,
+      cursorKey: eventCursorKey,
+      pollIntervalMs: config.webhookPollIntervalMs,
+      allowPrivate: config.webhookAllowPrivate,
+      onError: (err) => log.error({ err }, "webhook dispatch failed"),
+    });
     return {
       pool,
       metricsRegistry,
@@ -164,7 +183,8 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       eventStore,
       eventSequencer,
       eventFeed,
-      eventCursorKey: deriveKey("sessions/event-cursor/v1"),
+      eventCursorKey,
+      webhookDispatcher,
       log,
       async readiness(timeoutMs) {
         const problems: string[] = [];
@@ -176,10 +196,12 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       startWorkers() {
         sessionSweep.start();
         eventSequencer.start();
+        webhookDispatcher.start();
       },
       async close() {
         keyRing.stop();
         await eventFeed.stop();
+        await webhookDispatcher.stop();
         await eventSequencer.stop();
         await sessionSweep.stop();
         await closePool(pool);

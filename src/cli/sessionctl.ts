@@ -14,6 +14,10 @@ import { createSweepStore } from "../store/sweep-store.js";
 import { createPolicyStore } from "../store/policy-store.js";
 import { createSigningKeyStore } from "../store/signing-key-store.js";
 import { createTenantStore } from "../store/tenant-store.js";
+import { createEventStore } from "../store/event-store.js";
+import { createWebhookStore } from "../store/webhook-store.js";
+import { seal } from "../domain/secrets.js";
+import { checkWebhookTarget, checkWebhookUrl, newWebhookSecret, parseEventTypes, previousSecretGraceSeconds, type WebhookEndpoint } from "../domain/webhooks.js";
 
 /** The admin CLI. It reads DATABASE_URL like the server and migrates the same way before it acts. */
 
@@ -47,7 +51,7 @@ function tenantIdArg(value: string): string {
 }
 
 const json = new Option("--json", "print one JSON object");
-const program = new Command("sessionctl").description("Administer the session service: tenants and secret keys.");
+const program = new Command("sessionctl").description("Administer the session service: tenants, secret keys, policies, signing keys and webhooks.");
 
 const tenants = program.command("tenants").description("manage tenants");
 tenants
@@ -246,6 +250,116 @@ signingKeys
       print(opts.json === true, { kid: opts.kid, revoked: true }, [`revoked ${opts.kid}`]);
     });
   });
+
+const webhooks = program.command("webhooks").description("a tenant's webhook endpoints (Standard Webhooks)");
+const endpointView = (e: WebhookEndpoint) => ({
+  webhook_id: e.id,
+  url: e.url,
+  events: e.eventTypes.length === 0 ? ["*"] : e.eventTypes,
+  enabled: e.isEnabled,
+  disabled_reason: e.disabledReason,
+  created_at: iso(e.createdAt),
+});
+webhooks
+  .command("create")
+  .description("register an endpoint; prints its signing secret (whsec_…) once")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .requiredOption("--url <url>", "where to POST events (http or https; private addresses need WEBHOOK_ALLOW_PRIVATE=true)")
+  .option("--events <types>", "comma-separated event types to send (default: all)")
+  .addOption(json)
+  .action(async (opts: { tenant: string; url: string; events?: string; json?: boolean }) => {
+    const url = checkWebhookUrl(opts.url);
+    const eventTypes = parseEventTypes(opts.events);
+    await withDatabase(async (pool, config) => {
+      await requireTenant(pool, opts.tenant);
+      await checkWebhookTarget(url, config.webhookAllowPrivate);
+      const secret = newWebhookSecret();
+      // From the events committed after now: numbered later, so after the current head.
+      const endpoint: WebhookEndpoint = {
+        id: newId("whk"),
+        tenantId: opts.tenant,
+        url: url.href,
+        eventTypes,
+        isEnabled: true,
+        disabledReason: null,
+        position: await createEventStore(pool).headSeq(),
+        createdAt: now(),
+      };
+      await createWebhookStore(pool).createEndpoint(endpoint, seal(config.keyEncryptionKey, endpoint.id, Buffer.from(secret)));
+      const view = { ...endpointView(endpoint), secret };
+      print(opts.json === true, view, [`webhook_id: ${view.webhook_id}`, `url:        ${view.url}`, `events:     ${view.events.join(",")}`, `secret:     ${secret}`, "(the secret is shown only once)"]);
+    });
+  });
+webhooks
+  .command("list")
+  .description("a tenant's endpoints, with their deliveries pending, delivered and given up")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .addOption(json)
+  .action(async (opts: { tenant: string; json?: boolean }) => {
+    await withDatabase(async (pool) => {
+      await requireTenant(pool, opts.tenant);
+      const data = (await createWebhookStore(pool).listEndpoints(opts.tenant)).map((e) => ({
+        ...endpointView(e),
+        deliveries: { pending: e.pending, delivered: e.delivered, failed: e.failed },
+      }));
+      print(
+        opts.json === true,
+        { data },
+        data.map((e) => `${e.webhook_id}  ${e.enabled ? "enabled " : "DISABLED"}  ${e.url}  events=${e.events.join(",")}  pending=${e.deliveries.pending} delivered=${e.deliveries.delivered} failed=${e.deliveries.failed}${e.disabled_reason ? `  (${e.disabled_reason})` : ""}`),
+      );
+    });
+  });
+webhooks
+  .command("attempts")
+  .description("an endpoint's latest delivery attempts")
+  .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+  .requiredOption("--id <webhook_id>", "the endpoint (whk_…)")
+  .option("--limit <n>", "how many", "20")
+  .addOption(json)
+  .action(async (opts: { tenant: string; id: string; limit: string; json?: boolean }) => {
+    const limit = Number(opts.limit);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new Error("--limit must be an integer from 1 to 1000");
+    await withDatabase(async (pool) => {
+      await requireTenant(pool, opts.tenant);
+      const data = (await createWebhookStore(pool).listAttempts(opts.tenant, opts.id, limit)).map((a) => ({
+        attempted_at: a.attemptedAt.toISOString(),
+        status: a.status,
+        error: a.error,
+        duration_ms: Math.round(a.durationMs),
+      }));
+      print(opts.json === true, { data }, data.map((a) => `${a.attempted_at}  ${a.status ?? "---"}  ${a.duration_ms} ms${a.error ? `  ${a.error}` : ""}`));
+    });
+  });
+for (const [name, description] of [
+  ["enable", "turn an endpoint back on (after persistent failure): what it missed, still within EVENT_RETENTION_DAYS, is delivered"],
+  ["disable", "stop deliveries to an endpoint until it is enabled again"],
+  ["delete", "remove an endpoint, its pending deliveries and its attempts"],
+  ["rotate-secret", `a new signing secret (printed once); the old one also signs for ${previousSecretGraceSeconds / 3600} h`],
+] as const) {
+  webhooks
+    .command(name)
+    .description(description)
+    .requiredOption("--tenant <tenant_id>", "the tenant", tenantIdArg)
+    .requiredOption("--id <webhook_id>", "the endpoint (whk_…)")
+    .addOption(json)
+    .action(async (opts: { tenant: string; id: string; json?: boolean }) => {
+      await withDatabase(async (pool, config) => {
+        await requireTenant(pool, opts.tenant);
+        const store = createWebhookStore(pool);
+        let secret: string | undefined;
+        let isFound: boolean;
+        if (name === "delete") isFound = await store.deleteEndpoint(opts.tenant, opts.id);
+        else if (name === "rotate-secret") {
+          secret = newWebhookSecret();
+          const until = new Date(now().getTime() + previousSecretGraceSeconds * 1000);
+          isFound = await store.rotateSecret(opts.tenant, opts.id, seal(config.keyEncryptionKey, opts.id, Buffer.from(secret)), until);
+        } else isFound = await store.setEnabled(opts.tenant, opts.id, name === "enable", name === "disable" ? "disabled by an operator" : null);
+        if (!isFound) throw new Error(`no webhook ${opts.id} for tenant ${opts.tenant}`);
+        const out = { webhook_id: opts.id, [name === "rotate-secret" ? "secret" : name === "delete" ? "deleted" : "enabled"]: secret ?? (name === "delete" ? true : name === "enable") };
+        print(opts.json === true, out, secret ? [`secret: ${secret}`, "(the secret is shown only once; the previous one also signs for 24 h)"] : [`${name}d ${opts.id}`]);
+      });
+    });
+}
 
 program
   .command("purge")

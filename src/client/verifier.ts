@@ -32,7 +32,7 @@ export interface SessionVerifierOptions {
   maxStalenessMs?: number;
   /** When stale or not yet caught up: `"fail"` (default) answers `unavailable`; `"verify"` asks POST /v1/sessions/verify. */
   onStale?: "fail" | "verify";
-  /** Verified tokens kept, so a token seen again costs a map lookup. Default 10,000. */
+  /** Verified tokens kept, so a token seen again costs a map lookup (0: none). Default 10,000. */
   cacheSize?: number;
   /** Told of feed errors (the verifier reconnects by itself). */
   onError?: (err: unknown) => void;
@@ -224,8 +224,10 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
         if (err instanceof joseErrors.JOSEError || err instanceof TypeError) return invalid("invalid_token", "the access token is invalid");
         throw err;
       }
-      if (cache.size >= cacheSize) cache.delete(cache.keys().next().value as string);
-      cache.set(token, verified);
+      if (cacheSize > 0) {
+        if (cache.size >= cacheSize) cache.delete(cache.keys().next().value as string);
+        cache.set(token, verified);
+      }
     } else if (verified.expMs + clockToleranceSeconds * 1000 <= now) {
       cache.delete(token);
       return invalid("token_expired", "the access token has expired");

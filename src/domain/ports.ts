@@ -1,4 +1,5 @@
 import type { SessionEvent } from "./events.js";
+import type { WebhookEndpoint } from "./webhooks.js";
 import type {
   ApiKey,
   EndReason,
@@ -126,12 +127,69 @@ export interface EventStore {
   readAfter(seq: number, limit: number): Promise<SessionEvent[]>;
   /** Up to `limit` events of the tenant's feed (its own and the service's) after `seq`, in seq order. */
   readTenantAfter(tenantId: string, seq: number, limit: number): Promise<SessionEvent[]>;
+  /** The events with these seqs (those still kept), in seq order. */
+  readSeqs(seqs: number[]): Promise<SessionEvent[]>;
   /** The lowest seq of an event that occurred at or after `time`; null when there is none. */
   firstSeqSince(time: Date): Promise<number | null>;
   /** Every event up to this seq has been deleted by retention (0: none yet). */
   purgedThrough(): Promise<number>;
   /** Deletes up to `limit` of the oldest events, all of which occurred before `cutoff`; returns how many. */
   purgeBefore(cutoff: Date, limit: number): Promise<number>;
+}
+
+/** Webhook endpoints and their deliveries (domain/webhooks.ts; migration 0006). */
+export interface WebhookStore {
+  /** Registers an endpoint; its signing secret sealed under the KEK. */
+  createEndpoint(endpoint: WebhookEndpoint, secretSealed: Buffer): Promise<void>;
+  /** The tenant's endpoints with their delivery counts, oldest first. */
+  listEndpoints(tenantId: string): Promise<WebhookEndpointReport[]>;
+  /** Deletes the endpoint, its deliveries and its attempts; false when the tenant has no such endpoint. */
+  deleteEndpoint(tenantId: string, id: string): Promise<boolean>;
+  /** A new current secret; the old one keeps signing until `previousUntil`. False when there is no such endpoint. */
+  rotateSecret(tenantId: string, id: string, secretSealed: Buffer, previousUntil: Date): Promise<boolean>;
+  /** Enables (reason null) or disables an endpoint; false when the tenant has no such endpoint. */
+  setEnabled(tenantId: string, id: string, isEnabled: boolean, reason: string | null): Promise<boolean>;
+  /** Every enabled endpoint, for the dispatcher to queue events for. */
+  enabledEndpoints(): Promise<WebhookEndpoint[]>;
+  /**
+   * Queues deliveries of `seqs` to the endpoint and moves its position from `from` to `to`, in one
+   * transaction; nothing when the position is no longer `from` (false).
+   */
+  queue(endpointId: string, from: number, to: number, seqs: number[], now: Date): Promise<boolean>;
+  /** Up to `limit` pending deliveries of enabled endpoints due at `now`, earliest first. */
+  dueDeliveries(now: Date, limit: number): Promise<DueDelivery[]>;
+  /** Records an attempt and what follows from it: delivered, tried again at `retryAt`, or given up. */
+  recordAttempt(delivery: { endpointId: string; seq: number }, attempt: WebhookAttempt, outcome: { state: "delivered" } | { state: "retry"; retryAt: Date } | { state: "failed" }): Promise<void>;
+  /** The endpoint's last attempts, newest first. */
+  listAttempts(tenantId: string, endpointId: string, limit: number): Promise<(WebhookAttempt & { seq: number })[]>;
+  /** Deletes up to `limit` finished deliveries (and attempts) from before `cutoff`; returns how many deliveries. */
+  purgeFinished(cutoff: Date, limit: number): Promise<number>;
+}
+
+export interface WebhookEndpointReport extends WebhookEndpoint {
+  pending: number;
+  delivered: number;
+  failed: number;
+}
+
+export interface DueDelivery {
+  endpointId: string;
+  tenantId: string;
+  url: string;
+  seq: number;
+  attempts: number;
+  secretSealed: Buffer;
+  previousSecretSealed: Buffer | null;
+  previousSecretUntil: Date | null;
+}
+
+export interface WebhookAttempt {
+  attemptedAt: Date;
+  /** The HTTP status, or null when no response came. */
+  status: number | null;
+  /** What went wrong, when it did (never the response body). */
+  error: string | null;
+  durationMs: number;
 }
 
 /** Leases for background work one instance at a time should do; they outlive connections. */

@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { monotonicFactory } from "ulid";
 
 /**
@@ -19,7 +19,7 @@ function pooledRandom(): number {
 const ulid = monotonicFactory(pooledRandom);
 
 /** Ids are a type prefix and a ULID: sortable by creation time, unguessable enough to be public. */
-export function newId(prefix: "ses" | "tnt" | "key" | "at"): string {
+export function newId(prefix: "ses" | "tnt" | "key" | "at" | "whk"): string {
   return `${prefix}_${ulid()}`;
 }
 
@@ -48,4 +48,24 @@ export function hmac(key: Buffer, ...parts: string[]): Buffer {
 /** Constant-time comparison; unequal lengths are unequal without looking at the bytes. */
 export function equalBytes(a: Buffer, b: Buffer): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * Secrets the service must read back (signing keys' private halves, webhook signing secrets) are
+ * stored sealed under the key-encryption key: AES-256-GCM, bound by `aad` to the row they belong to
+ * (a sealed value copied to another row does not open). Format: version 1, 12-byte IV, 16-byte tag, body.
+ */
+export function seal(kek: Buffer, aad: string, plaintext: Buffer): Buffer {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", kek, iv).setAAD(Buffer.from(aad));
+  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  return Buffer.concat([Buffer.from([1]), iv, cipher.getAuthTag(), body]);
+}
+
+/** The sealed bytes; throws when `kek` or `aad` is not theirs, or the format is unknown. */
+export function unseal(kek: Buffer, aad: string, blob: Buffer): Buffer {
+  if (blob[0] !== 1) throw new Error(`sealed value for ${aad}: unknown encryption format`);
+  const decipher = createDecipheriv("aes-256-gcm", kek, blob.subarray(1, 13)).setAAD(Buffer.from(aad));
+  decipher.setAuthTag(blob.subarray(13, 29));
+  return Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
 }

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { lruCache } from "./lru.js";
 import { errors as joseErrors, jwtVerify, SignJWT, type JWK, type JWTPayload, type ProtectedHeaderParameters } from "jose";
 import { throwIfCancelled } from "./call-context.js";
@@ -6,7 +6,7 @@ import type { Clock } from "./clock.js";
 import { checkEd25519PublicKey } from "./ed25519-point.js";
 import type { SigningKeyRecord } from "./model.js";
 import type { SigningKeyStore } from "./ports.js";
-import { newId } from "./secrets.js";
+import { newId, seal, unseal } from "./secrets.js";
 import { checkClaimSanity, checkTokenFormat } from "./token-format.js";
 
 /**
@@ -71,11 +71,7 @@ export type TokenCheck =
 
 /** AES-256-GCM with the key id as associated data: a ciphertext cannot be moved to another key row. */
 export function encryptPrivateKey(kek: Buffer, kid: string, privateKey: KeyObject): Buffer {
-  const iv = randomBytes(12);
-  const cipher = createCipheriv("aes-256-gcm", kek, iv).setAAD(Buffer.from(kid));
-  const der = privateKey.export({ format: "der", type: "pkcs8" });
-  const body = Buffer.concat([cipher.update(der), cipher.final()]);
-  return Buffer.concat([Buffer.from([1]), iv, cipher.getAuthTag(), body]);
+  return seal(kek, kid, privateKey.export({ format: "der", type: "pkcs8" }));
 }
 
 export function decryptPrivateKey(kek: Buffer, kid: string, blob: Buffer): KeyObject {
@@ -84,10 +80,7 @@ export function decryptPrivateKey(kek: Buffer, kid: string, blob: Buffer): KeyOb
 
 /** The stored private key's bytes (PKCS#8 DER when sound); throws when `kek` does not decrypt them. */
 function decryptKeyBytes(kek: Buffer, kid: string, blob: Buffer): Buffer {
-  if (blob[0] !== 1) throw new Error(`signing key ${kid}: unknown encryption format`);
-  const decipher = createDecipheriv("aes-256-gcm", kek, blob.subarray(1, 13)).setAAD(Buffer.from(kid));
-  decipher.setAuthTag(blob.subarray(13, 29));
-  return Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
+  return unseal(kek, kid, blob);
 }
 
 /** Makes a new Ed25519 key record that starts signing at `signsFrom`. */

@@ -72,6 +72,11 @@ export function createEventStore(pool: Pool): EventStore {
       );
       return rows.map(toEvent);
     },
+    async readSeqs(seqs) {
+      if (seqs.length === 0) return [];
+      const rows = await query<EventRow[]>(pool, `SELECT ${columns} FROM session_events WHERE seq IN (?) ORDER BY seq`, [seqs]);
+      return rows.map(toEvent);
+    },
     async firstSeqSince(time) {
       const rows = await query<RowDataPacket[]>(pool, "SELECT MIN(seq) AS first FROM session_events WHERE occurred_at >= ? AND seq IS NOT NULL", [time]);
       return rows[0]!.first === null ? null : Number(rows[0]!.first);

@@ -1,9 +1,8 @@
-import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Counter, type Registry } from "prom-client";
 import type { Clock } from "../domain/clock.js";
 import type { EventStore, LeaseStore } from "../domain/ports.js";
+import { createLease } from "./lease.js";
 
 export interface EventSequencerOptions {
   store: EventStore;
@@ -37,26 +36,14 @@ const batchSize = 1_000;
  */
 export function createEventSequencer(opts: EventSequencerOptions): EventSequencer {
   const { store, leases, clock, idleIntervalMs } = opts;
-  const holder = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   const sequenced = new Counter({ name: "sessions_events_sequenced_total", help: "Events this instance numbered for delivery.", registers: [opts.registry] });
   let isStopping = false;
   const stopping = new AbortController();
   let loop: Promise<void> | undefined;
-  let heldUntil = 0;
-  let hasHeld = false;
-
-  /** Takes or renews the lease when less than 4/5 of it is left. */
-  async function holdLease(): Promise<boolean> {
-    const now = clock.now().getTime();
-    if (heldUntil - now > leaseMs / 5) return true;
-    const isHeld = !isStopping && (await leases.tryAcquire(leaseName, holder, new Date(now), new Date(now + leaseMs)));
-    heldUntil = isHeld ? now + leaseMs : 0;
-    hasHeld ||= isHeld;
-    return isHeld;
-  }
+  const lease = createLease(leases, leaseName, clock, leaseMs, opts.onError);
 
   async function sequenceOnce(): Promise<number | undefined> {
-    if (!(await holdLease())) return undefined;
+    if (!(await lease.hold())) return undefined;
     const n = await store.sequence(batchSize);
     sequenced.inc(n);
     return n;
@@ -83,7 +70,7 @@ export function createEventSequencer(opts: EventSequencerOptions): EventSequence
       isStopping = true;
       stopping.abort();
       await loop;
-      if (hasHeld) await leases.release(leaseName, holder, clock.now()).catch(opts.onError);
+      await lease.release();
     },
     sequenceOnce,
   };

@@ -1,14 +1,15 @@
-import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { Clock } from "../domain/clock.js";
-import type { EventStore, LeaseStore, SweepStore } from "../domain/ports.js";
+import type { EventStore, LeaseStore, SweepStore, WebhookStore } from "../domain/ports.js";
 import { purge, purgeBatchSize, recordTimeEnds, retentionCutoff, type PurgeReport } from "../domain/sweep.js";
+import { createLease } from "./lease.js";
 
 export interface SessionSweepOptions {
   store: SweepStore;
   leases: LeaseStore;
   events: EventStore;
+  /** Finished webhook deliveries go with the events (EVENT_RETENTION_DAYS). */
+  webhooks: WebhookStore;
   clock: Clock;
   retentionDays: number;
   eventRetentionDays: number;
@@ -33,6 +34,8 @@ export interface SweepReport {
   purged: PurgeReport;
   /** Session events deleted for being older than the event retention. */
   eventsPurged: number;
+  /** Finished webhook deliveries deleted with them. */
+  deliveriesPurged: number;
 }
 
 const leaseName = "session-sweep";
@@ -45,10 +48,9 @@ const firstRunDelayMs = 2_000;
  * the lease runs out. The first run comes soon after start, the next every interval.
  */
 export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
-  const { store, leases, events, clock, retentionDays, eventRetentionDays, intervalMs, registry } = opts;
-  const holder = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  const { store, leases, events, webhooks, clock, retentionDays, eventRetentionDays, intervalMs, registry } = opts;
   // Long enough to cover a run between renewals, short enough for another instance to take over soon.
-  const leaseMs = Math.max(2 * intervalMs, 60_000);
+  const lease = createLease(leases, leaseName, clock, Math.max(2 * intervalMs, 60_000), opts.onError);
   const endsRecorded = new Counter({
     name: "sessions_ended_recorded_total",
     help: "Sessions whose end by time (expiry or idle timeout) the sweep recorded.",
@@ -56,7 +58,7 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
   });
   const purged = new Counter({
     name: "sessions_retention_purged_total",
-    help: "Rows deleted by the session sweep's retention, by kind (session, refresh_token, event).",
+    help: "Rows deleted by the session sweep's retention, by kind (session, refresh_token, event, webhook_delivery).",
     labelNames: ["kind"] as const,
     registers: [registry],
   });
@@ -68,17 +70,10 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
   let first: NodeJS.Timeout | undefined;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> | undefined;
-  let isStopping = false;
-  let hasHeld = false;
-
-  const holdLease = async () => {
-    const now = clock.now();
-    return !isStopping && (await leases.tryAcquire(leaseName, holder, now, new Date(now.getTime() + leaseMs)));
-  };
+  const holdLease = () => lease.hold();
 
   async function sweepOnce(): Promise<SweepReport | undefined> {
     if (!(await holdLease())) return undefined;
-    hasHeld = true;
     const ends = await recordTimeEnds(store, clock.now(), holdLease);
     endsRecorded.inc(ends);
     const report = await purge(store, retentionCutoff(clock.now(), retentionDays), { beforeBatch: holdLease });
@@ -89,8 +84,11 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
     const eventCutoff = retentionCutoff(clock.now(), eventRetentionDays);
     for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); eventsPurged += n) n = await events.purgeBefore(eventCutoff, purgeBatchSize);
     purged.inc({ kind: "event" }, eventsPurged);
+    let deliveriesPurged = 0;
+    for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); deliveriesPurged += n) n = await webhooks.purgeFinished(eventCutoff, purgeBatchSize);
+    purged.inc({ kind: "webhook_delivery" }, deliveriesPurged);
     lastSweep.set(Date.now() / 1000);
-    return { endsRecorded: ends, purged: report, eventsPurged };
+    return { endsRecorded: ends, purged: report, eventsPurged, deliveriesPurged };
   }
 
   return {
@@ -107,12 +105,12 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
       timer = setInterval(run, intervalMs).unref();
     },
     async stop() {
-      isStopping = true;
       clearTimeout(first);
       clearInterval(timer);
+      // No new batch starts; the one in progress ends; then another instance may take the next sweep at once.
+      lease.stop();
       await running;
-      // Hand over at once: another instance takes the next sweep without waiting the lease out.
-      if (hasHeld) await leases.release(leaseName, holder, clock.now()).catch(opts.onError);
+      await lease.release();
     },
     sweepOnce,
   };
