@@ -1,6 +1,6 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { SessionService, type WatchSessionEventsResponse } from "../gen/sessions/v1/sessions_pb.js";
 import { createPolicyStore } from "../src/store/policy-store.js";
 import { defaultPolicy } from "../src/domain/policy.js";
@@ -92,6 +92,11 @@ describe("every path that ends a session reaches a reader on the other instance"
       await createPolicyStore(server.services.pool).putPolicy(server.tenant.id, defaultPolicy, clock.now());
 
       const expiring = await create("usr_events_expire");
+      // Both readers have everything so far before the clock jumps past the event retention (the
+      // sweep below would purge what they have not read: they had seconds, not the 7 days readers get).
+      const hasExpiring = (ids: string[]) => ids.includes(expiring.session.id);
+      const before = await sse.until((es) => hasExpiring(es.map((e) => e.data.session_id)));
+      await vi.waitFor(() => expect(hasExpiring(rpcEvents.map((e) => e.sessionId))).toBe(true), { timeout: 10_000, interval: 10 });
       clock.advance(31 * 24 * 3600 * 1000);
       await server.services.sessionSweep.sweepOnce();
 
@@ -99,7 +104,7 @@ describe("every path that ends a session reaches a reader on the other instance"
       const { key } = await rotateSigningKey(keys, server.config.keyEncryptionKey, clock.now());
       await revokeSigningKey(keys, server.config.keyEncryptionKey, key.id, clock.now());
 
-      const events = await sse.until((es) => es.some((e) => e.event === "signing_key.revoked" && e.data.key_id === key.id));
+      const events = [...before, ...(await sse.until((es) => es.some((e) => e.event === "signing_key.revoked" && e.data.key_id === key.id)))];
       const reasonOf = (id: string) => sessionEvents(events, id).find((e) => e.event !== "session.created");
       expect(sessionEvents(events, single.session.id).map((e) => e.event)).toEqual(["session.created", "session.revoked"]);
       expect(reasonOf(single.session.id)?.data).toMatchObject({ reason: "revoked", revoked_by: server.tenant.keyId, user_id: "usr_events_single" });
@@ -273,5 +278,46 @@ describe("boundaries", () => {
     expect(report?.eventsPurged).toBeGreaterThan(0);
     const [[low]] = (await server.services.pool.query("SELECT MIN(occurred_at) AS low FROM session_events WHERE seq IS NOT NULL")) as unknown as [[{ low: Date | null }]];
     if (low.low !== null) expect(low.low.getTime()).toBeGreaterThanOrEqual(clock.now().getTime() - 7 * 24 * 3600 * 1000);
+  });
+});
+
+describe("retention", () => {
+  it("counts from when an event was numbered, and numbering goes on after it deleted every event: a live reader misses nothing", async () => {
+    const own = manualClock(new Date("2026-03-01T00:00:00Z"));
+    const solo = await startTestServer({ clock: own, env: { EVENT_POLL_INTERVAL_MS: "10", EVENT_HEARTBEAT_SECONDS: "1" } });
+    try {
+      const reader = await openEventStream(solo.url, solo.tenant.headers);
+      await reader.next();
+      const number = async () => {
+        while (((await solo.services.eventSequencer.sequenceOnce()) ?? 0) > 0);
+      };
+      const count = async (where: string) => {
+        const [[row]] = (await solo.services.pool.query(`SELECT COUNT(*) AS n FROM session_events WHERE ${where}`)) as unknown as [[{ n: number }]];
+        return Number(row.n);
+      };
+      const first = await create("usr_retention_1", solo);
+      await number();
+      await reader.until((es) => es.some((e) => e.data.session_id === first.session.id));
+      // Past retention for everything numbered so far: the sweep deletes every event.
+      own.advance(8 * 24 * 3600 * 1000);
+      expect((await solo.services.sessionSweep.sweepOnce())?.eventsPurged).toBeGreaterThan(0);
+      expect(await count("TRUE")).toBe(0);
+      // The next event is numbered after every seq ever given, so the live reader gets it.
+      const second = await create("usr_retention_2", solo);
+      await number();
+      const events = await reader.until((es) => es.some((e) => e.data.session_id === second.session.id));
+      expect(events.filter((e) => e.event === "session.created").map((e) => e.data.session_id)).toEqual([second.session.id]);
+      // Its end by time recorded 10 days after it occurred (the session lasts 30 days): numbered
+      // now, it is kept for the whole retention from now.
+      own.advance(40 * 24 * 3600 * 1000);
+      await solo.services.sessionSweep.sweepOnce();
+      await number();
+      await solo.services.sessionSweep.sweepOnce();
+      expect(await count(`type = 'session.ended' AND session_id = '${second.session.id}'`)).toBe(1);
+      await reader.until((es) => es.some((e) => e.event === "session.ended" && e.data.session_id === second.session.id));
+      reader.close();
+    } finally {
+      await solo.close();
+    }
   });
 });

@@ -119,8 +119,8 @@ export interface PurgeCounts {
 
 /** The event log (see domain/events.ts): written by the database, read in seq order. */
 export interface EventStore {
-  /** Gives the next seqs to up to `limit` committed events that have none yet; returns how many. */
-  sequence(limit: number): Promise<number>;
+  /** Gives the next seqs to up to `limit` committed events that have none yet, numbered at `now`; returns how many. */
+  sequence(limit: number, now: Date): Promise<number>;
   /** The highest seq given so far (0 when none). */
   headSeq(): Promise<number>;
   /** Up to `limit` events after `seq`, every tenant's, in seq order. */
@@ -133,7 +133,7 @@ export interface EventStore {
   firstSeqSince(time: Date): Promise<number | null>;
   /** Every event up to this seq has been deleted by retention (0: none yet). */
   purgedThrough(): Promise<number>;
-  /** Deletes up to `limit` of the oldest events, all of which occurred before `cutoff`; returns how many. */
+  /** Deletes up to `limit` of the oldest events, all of which were numbered before `cutoff`; returns how many. */
   purgeBefore(cutoff: Date, limit: number): Promise<number>;
 }
 

@@ -16,6 +16,8 @@ interface EventRow extends RowDataPacket {
 }
 
 const columns = "seq, tenant_id, type, session_id, user_id, reason, actor, key_id, occurred_at";
+/** The highest seq given so far: the top of the log, or what retention deleted through when it took everything. */
+const highestSeq = "GREATEST(COALESCE((SELECT MAX(seq) FROM session_events), 0), COALESCE((SELECT purged_through_seq FROM session_event_log WHERE id = 1), 0))";
 const orNull = (b: Buffer | null) => (b === null ? null : text(b));
 
 function toEvent(r: EventRow): SessionEvent {
@@ -35,25 +37,27 @@ function toEvent(r: EventRow): SessionEvent {
 /** The event log (migration 0005): sequencing committed rows, reading in seq order, retention. */
 export function createEventStore(pool: Pool): EventStore {
   return {
-    async sequence(limit) {
+    async sequence(limit, now) {
       // Only committed rows are seen (a plain read); the one sequencer numbers them in insertion
       // order after the highest seq given so far. Numbers are consecutive: a reader can tell that it
       // has every event up to a seq.
       return inTransaction(pool, async (conn) => {
         const [pending] = await conn.query<RowDataPacket[]>("SELECT id FROM session_events WHERE seq IS NULL ORDER BY id LIMIT ?", [limit]);
         if (pending.length === 0) return 0;
-        const [[top]] = await conn.query<RowDataPacket[]>("SELECT COALESCE(MAX(seq), 0) AS top FROM session_events");
+        // After the highest seq ever given: retention may have deleted every numbered row.
+        const [[top]] = await conn.query<RowDataPacket[]>(`SELECT ${highestSeq} AS top`);
         const ids = pending.map((r) => r.id as number);
-        const [result] = await conn.query<ResultSetHeader>("UPDATE session_events SET seq = ? + FIELD(id, ?) WHERE id IN (?) AND seq IS NULL", [
+        const [result] = await conn.query<ResultSetHeader>("UPDATE session_events SET seq = ? + FIELD(id, ?), sequenced_at = ? WHERE id IN (?) AND seq IS NULL", [
           Number(top!.top),
           ids,
+          now,
           ids,
         ]);
         return result.affectedRows;
       });
     },
     async headSeq() {
-      const rows = await query<RowDataPacket[]>(pool, "SELECT COALESCE(MAX(seq), 0) AS head FROM session_events");
+      const rows = await query<RowDataPacket[]>(pool, `SELECT ${highestSeq} AS head`);
       return Number(rows[0]!.head);
     },
     async readAfter(seq, limit) {
@@ -87,9 +91,10 @@ export function createEventStore(pool: Pool): EventStore {
     },
     async purgeBefore(cutoff, limit) {
       // Events go from the bottom of the log up, so that "purged through" is one number: up to the
-      // first event still within retention (or everything sequenced, when all are older).
-      const [first] = await query<RowDataPacket[]>(pool, "SELECT MIN(seq) AS first FROM session_events WHERE occurred_at >= ? AND seq IS NOT NULL", [cutoff]);
-      const [head] = await query<RowDataPacket[]>(pool, "SELECT COALESCE(MAX(seq), 0) AS head FROM session_events");
+      // first event numbered within retention (or everything sequenced, when all are older). By when
+      // numbered, not when occurred: a live reader has had the whole retention to read each one.
+      const [first] = await query<RowDataPacket[]>(pool, "SELECT MIN(seq) AS first FROM session_events WHERE sequenced_at >= ?", [cutoff]);
+      const [head] = await query<RowDataPacket[]>(pool, `SELECT ${highestSeq} AS head`);
       const through = first!.first === null ? Number(head!.head) : Number(first!.first) - 1;
       return inTransaction(pool, async (conn) => {
         const [deleted] = await conn.query<ResultSetHeader>("DELETE FROM session_events WHERE seq <= ? ORDER BY seq LIMIT ?", [through, limit]);

@@ -154,9 +154,22 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
           }
           return (async function* () {
             let code = "ok";
+            let isReaderGone = false;
             try {
-              for await (const message of messages) yield create(method.output, message as never);
+              for await (const message of messages) {
+                try {
+                  yield create(method.output, message as never);
+                } catch (err) {
+                  // Thrown in by the reader (the client went away mid-write): not the stream's failure.
+                  isReaderGone = true;
+                  throw err;
+                }
+              }
             } catch (err) {
+              if (isReaderGone) {
+                code = "cancelled";
+                throw err;
+              }
               const error = publicError(method, info, err);
               code = error.code;
               throw error;

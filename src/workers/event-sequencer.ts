@@ -44,7 +44,7 @@ export function createEventSequencer(opts: EventSequencerOptions): EventSequence
 
   async function sequenceOnce(): Promise<number | undefined> {
     if (!(await lease.hold())) return undefined;
-    const n = await store.sequence(batchSize);
+    const n = await store.sequence(batchSize, clock.now());
     sequenced.inc(n);
     return n;
   }

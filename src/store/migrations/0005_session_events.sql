@@ -20,10 +20,14 @@ CREATE TABLE IF NOT EXISTS session_events (
   actor VARBINARY(64) NULL,
   key_id VARBINARY(40) NULL,
   occurred_at DATETIME(6) NOT NULL,
+  -- When the sequencer numbered it: retention counts from here, not from occurred_at (an end by
+  -- time is recorded after it occurred, and must still reach every reader).
+  sequenced_at DATETIME(6) NULL,
   PRIMARY KEY (id),
   UNIQUE KEY session_events_by_seq (seq),
   KEY session_events_by_tenant (tenant_id, seq),
-  KEY session_events_by_time (occurred_at)
+  KEY session_events_by_time (occurred_at),
+  KEY session_events_by_sequenced (sequenced_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- The highest seq retention has deleted through: a cursor before it may have missed events.
