@@ -108,6 +108,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   const h1Servers = new Set<http.Server>();
   let closing = false;
   // Requests still receiving their body, oldest first (a Set keeps insertion order); each entry drops its request.
+  /** HTTP/1.1 responses not yet sent: told to close their connection when closing begins. */
+  const inFlight = new Set<http.ServerResponse>();
   const pending = new Set<() => void>();
   /** Tracks a request until its body has arrived or its response closed; evicts the oldest past the bound. */
   const track = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse, drop: () => void) => {
@@ -151,10 +153,15 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     h1Servers.add(h1);
     // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word).
     h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy()));
-    // A response still in flight at close leaves a keep-alive socket behind: drop it once idle.
-    h1.on("request", (_req, res) =>
-      res.once("finish", () => closing && h1.closeIdleConnections()),
-    );
+    // Once closing, every HTTP/1.1 response says `Connection: close`, so keep-alive clients stop
+    // sending on a socket about to go (those in flight when closing began are told as they answer);
+    // a response still in flight at close leaves a keep-alive socket behind: drop it once idle.
+    h1.on("request", (_req, res) => {
+      inFlight.add(res);
+      if (closing) res.shouldKeepAlive = false;
+      res.once("close", () => inFlight.delete(res));
+      res.once("finish", () => closing && h1.closeIdleConnections());
+    });
 
     const h2Options: http2.ServerOptions & { streamResetBurst: number; streamResetRate: number } = {
       // Streams per connection bounded and announced. Header blocks are let in up to 4 times the
@@ -271,6 +278,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     serverFactory,
     closeConnections() {
       closing = true;
+      for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
       // Requests still waiting for their body have not reached a handler: they are not work in
       // flight, and a client that never finishes one must not hold the shutdown.
       for (const drop of [...pending]) drop();

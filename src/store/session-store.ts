@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import DataLoader from "dataloader";
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
 import { throwIfCancelled, withoutCall } from "../domain/call-context.js";
@@ -106,6 +107,8 @@ interface StateRow extends EndRow {
 
 /** Sessions one revoke-all statement touches at most: a short transaction that locks only them. */
 const revokeBatchSize = 500;
+/** How long a bulk revoke that has begun keeps retrying a batch that fails for a passing reason. */
+const bulkRetryBudgetMs = 30_000;
 
 /** Most single-session reads one query may carry; bounds the IN list. */
 const maxStateBatch = 100;
@@ -247,9 +250,14 @@ export function createSessionStore(pool: Pool): SessionStore {
      * user's, or the tenant's by state), an UPDATE by primary key revokes them with the condition
      * checked again, and commits. Each batch is durable and locks only its own rows (no range, so
      * no gap locks holding up creates of this tenant or the next); the count is exactly the
-     * sessions this call revoked; a call cut short (the database failing, the client gone) leaves
-     * what it revoked revoked, and a retry revokes the rest. Sessions created during the call, after
-     * its `now`, are left alone, so the call ends however fast others create.
+     * sessions this call revoked. Sessions created during the call, after its `now`, are left
+     * alone, so the call ends however fast others create.
+     *
+     * All or, as far as the database allows, all: the client's deadline and cancellation apply
+     * until the first batch commits; from then on the call runs to its end even if the client has
+     * gone, retrying a batch that fails for a passing reason (a lock wait, a deadlock, a lost
+     * connection) for up to `bulkRetryBudgetMs`. Only a database down for longer leaves a revoke
+     * half done, and its error says how many were revoked (a retry revokes the rest).
      */
     async revokeSessions(tenantId, filter: RevokeFilter, revocation) {
       const where = ["tenant_id = ?", statusCondition.active, "created_at <= ?"];
@@ -264,18 +272,16 @@ export function createSessionStore(pool: Pool): SessionStore {
       }
       let revoked = 0;
       let after: { createdAt: Date; id: string } | undefined;
-      for (;;) {
-        throwIfCancelled();
+      /** One batch: the next ids by index, then their revoke; whether it was the last. */
+      const batch = async (): Promise<boolean> => {
         const keyset = after === undefined ? "" : " AND (created_at > ? OR (created_at = ? AND id > ?))";
         const rows = await query<RowDataPacket[]>(
           pool,
           `SELECT created_at, id FROM sessions WHERE ${where.join(" AND ")}${keyset} ORDER BY created_at, id LIMIT ${revokeBatchSize}`,
           after === undefined ? params : [...params, after.createdAt, after.createdAt, after.id],
         );
-        if (rows.length === 0) return revoked;
+        if (rows.length === 0) return true;
         const ids = rows.map((r) => text(r.id as Buffer));
-        const last = rows[rows.length - 1] as RowDataPacket;
-        after = { createdAt: last.created_at as Date, id: text(last.id as Buffer) };
         const result = await inTransaction(pool, async (conn) => {
           const [updated] = await conn.query<ResultSetHeader>(revokeSql(`tenant_id = ? AND id IN (?) AND ${statusCondition.active}`), [
             ...revokeParams(revocation),
@@ -285,9 +291,33 @@ export function createSessionStore(pool: Pool): SessionStore {
           ]);
           return updated.affectedRows;
         });
+        // Moved on only once committed: a batch retried after a failure reads the same ids again.
+        const last = rows[rows.length - 1] as RowDataPacket;
+        after = { createdAt: last.created_at as Date, id: text(last.id as Buffer) };
         revoked += result;
-        if (rows.length < revokeBatchSize) return revoked;
+        return rows.length < revokeBatchSize;
+      };
+      // Until something is committed, the client may still call it off.
+      for (let isDone = false; !isDone && revoked === 0; ) {
+        throwIfCancelled();
+        isDone = await batch();
+        if (isDone) return revoked;
       }
+      // From here on, to the end, whatever the client does.
+      return withoutCall(async () => {
+        const giveUpAt = Date.now() + bulkRetryBudgetMs;
+        for (let delayMs = 100; ; ) {
+          try {
+            if (await batch()) return revoked;
+          } catch (err) {
+            if (!(err instanceof AppError && err.code === "unavailable") || Date.now() + delayMs > giveUpAt) {
+              throw new AppError("unavailable", `the database failed part-way: ${revoked} sessions were revoked and the rest were not; call again to revoke the rest`, undefined, { cause: err });
+            }
+            await sleep(delayMs);
+            delayMs = Math.min(delayMs * 2, 2_000);
+          }
+        }
+      });
     },
 
     async refresh(tenantId, presentedHash, successorHash, now, decide: RefreshDecider): Promise<RefreshResult> {
