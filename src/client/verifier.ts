@@ -177,8 +177,9 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
           failures = 0;
           if (block.id !== undefined) cursor = block.id;
           if (block.data === undefined) {
-            // A heartbeat: the first one says the feed has caught up.
-            if (!isCaughtUp) {
+            // A heartbeat (an id, no data; not the `retry:` block that opens the stream): the first
+            // one says the feed has caught up.
+            if (!isCaughtUp && block.id !== undefined) {
               isCaughtUp = true;
               markReady();
             }

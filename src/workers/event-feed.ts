@@ -52,8 +52,18 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
   });
 
   const bufferFirstSeq = () => buffer[0]?.seq ?? head + 1;
-  /** Set once, at the first subscription; from then on the poller moves it (after a pause, by catching up). */
-  let isHeadKnown = false;
+  /** Read once, at the first subscription (however many come at once); from then on the poller moves it. */
+  let headKnown: Promise<void> | undefined;
+  let headRead: Promise<number> | undefined;
+  const readHead = () => (headRead ??= store.headSeq().finally(() => (headRead = undefined)));
+  const knowHead = () =>
+    (headKnown ??= readHead().then(
+      (h) => void (head = Math.max(head, h)),
+      (err: unknown) => {
+        headKnown = undefined;
+        throw err;
+      },
+    ));
 
   /** Runs the poller while anyone is subscribed. */
   function ensurePolling(): void {
@@ -85,6 +95,8 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
   }
 
   async function startPosition(start: FeedStart): Promise<number> {
+    // From now on: after the log's head, read once for all who ask at the same time.
+    if ("now" in start) return readHead();
     const purged = await store.purgedThrough();
     if ("after" in start) {
       if (start.after < purged) throw cursorExpired();
@@ -94,36 +106,42 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
       const oldestKept = clock.now().getTime() - opts.retentionDays * 24 * 60 * 60 * 1000;
       if (purged > 0 && start.since.getTime() < oldestKept) throw cursorExpired();
       const first = await store.firstSeqSince(start.since);
-      return first === null ? await store.headSeq() : Math.max(first - 1, purged);
+      return first === null ? await readHead() : Math.max(first - 1, purged);
     }
-    return store.headSeq();
+    throw new Error("unreachable");
   }
 
   return {
     async subscribe(tenantId, start) {
       if (isStopped) throw new AppError("unavailable", "the service is shutting down");
       const subscriber = new Subscriber(tenantId, await startPosition(start), heartbeatMs, maxQueue, () => subscribers.delete(subscriber));
-      if (!isHeadKnown) {
-        head = Math.max(head, await store.headSeq());
-        isHeadKnown = true;
-      }
-      // Catch up from the database until the in-memory buffer covers the rest, then go live.
-      for (;;) {
-        if (subscriber.position >= head || subscriber.position + 1 >= bufferFirstSeq()) {
-          subscriber.offer(buffer.filter((e) => e.seq > subscriber.position), head);
-          subscriber.isLive = true;
-          subscribers.add(subscriber);
-          ensurePolling();
-          return subscriber;
+      await knowHead();
+      // Catch up from the database until the in-memory buffer covers the rest, then go live; in
+      // the background, as the reader reads (a reader far behind is paced by what it has taken).
+      void withoutCall(async () => {
+        try {
+          for (;;) {
+            if (subscriber.isClosed) return;
+            if (subscriber.position >= head || subscriber.position + 1 >= bufferFirstSeq()) {
+              subscriber.offer(buffer.filter((e) => e.seq > subscriber.position), head);
+              subscriber.isLive = true;
+              subscribers.add(subscriber);
+              ensurePolling();
+              return;
+            }
+            // Up to what the poller has read (later events reach the subscriber through it).
+            const target = head;
+            const page = await store.readTenantAfter(tenantId, subscriber.position, pageSize);
+            const bound = page.length === pageSize ? Math.min(page[pageSize - 1]!.seq, target) : target;
+            subscriber.offer(page.filter((e) => e.seq <= bound), bound);
+            await subscriber.roomToCatchUp();
+          }
+        } catch (err) {
+          opts.onError(err);
+          subscriber.fail(new AppError("unavailable", "reading the event log failed; resume from the last cursor received"));
         }
-        // Up to what the poller has read (later events reach the subscriber through it).
-        const target = head;
-        const page = await store.readTenantAfter(tenantId, subscriber.position, pageSize);
-        const bound = page.length === pageSize ? Math.min(page[pageSize - 1]!.seq, target) : target;
-        subscriber.offer(page.filter((e) => e.seq <= bound), bound);
-        await subscriber.roomToCatchUp();
-        if (subscriber.isClosed) return subscriber;
-      }
+      });
+      return subscriber;
     },
     async stop() {
       isStopped = true;
@@ -176,6 +194,12 @@ class Subscriber implements Subscription {
     return new Promise((resolve) => (this.roomMade = resolve));
   }
 
+  /** Ends the subscription with `error` once the reader has taken what is queued. */
+  fail(error: AppError): void {
+    this.failure = error;
+    this.close();
+  }
+
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;
@@ -204,8 +228,10 @@ class Subscriber implements Subscription {
           yield { kind: "heartbeat", seq: this.position };
           continue;
         }
+        // Heartbeats only once caught up: the first one tells the reader it is (until then the
+        // catch-up keeps it busy with events).
         const isWoken = await new Promise<boolean>((resolve) => {
-          const timer = setTimeout(() => resolve(false), this.heartbeatMs);
+          const timer = this.isLive ? setTimeout(() => resolve(false), this.heartbeatMs) : undefined;
           this.wake = () => {
             clearTimeout(timer);
             resolve(true);
