@@ -1,4 +1,3 @@
-import { once } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -55,8 +54,18 @@ export function registerEventStream(app: FastifyInstance, stream: PipelineStream
     const iterator = messages[Symbol.asyncIterator]();
     // The client leaving ends the subscription.
     raw.once("close", () => void iterator.return?.());
+    // Under backpressure, waits for drain (or the client leaving), and leaves no listener behind.
     const write = async (text: string) => {
-      if (!raw.write(text)) await Promise.race([once(raw, "drain"), once(raw, "close")]);
+      if (raw.write(text)) return;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          raw.off("drain", done);
+          raw.off("close", done);
+          resolve();
+        };
+        raw.on("drain", done);
+        raw.on("close", done);
+      });
     };
     try {
       await write("retry: 1000\n\n");
