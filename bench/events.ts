@@ -33,7 +33,9 @@ interface EventsOptions {
 
 const median = (values: number[]) => [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)] as number;
 const percentile = (values: number[], p: number) => [...values].sort((x, y) => x - y)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))] as number;
-const issuer = "http://localhost:8080";
+/** The ISSUER both instances run with. */
+export const benchIssuer = "https://sessions.bench.example";
+const issuer = benchIssuer;
 
 /** Calls `verify` over the tokens in turn, 64 at a time, for `seconds`; verifies per second. */
 async function verifyRate(verify: (token: string) => Promise<unknown>, tokens: string[], seconds: number): Promise<number> {

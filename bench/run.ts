@@ -14,7 +14,7 @@ import { grpcLoad, type LoadResult } from "./grpc-load.js";
 import { writeReport, type Row } from "./report.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
 import { runScale } from "./scale.js";
-import { runEvents } from "./events.js";
+import { benchIssuer, runEvents } from "./events.js";
 
 /**
  * `npm run bench`: every row of the performance table, the real service against a bare baseline
@@ -193,7 +193,9 @@ async function main() {
   const { tenantId, secret } = await seedTenant(databaseUrl, "bench");
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId, "content-type": "application/json" };
   const keyEncryptionKey = randomBytes(32).toString("base64url");
-  const service = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: keyEncryptionKey, WEBHOOK_ALLOW_PRIVATE: "true" });
+  // Both instances sign with one issuer, as instances behind one load balancer do.
+  const shared = { DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: keyEncryptionKey, ISSUER: benchIssuer };
+  const service = await startService({ ...shared, WEBHOOK_ALLOW_PRIVATE: "true" });
   const idleRss = await service.rss();
   rssSeen.peak = idleRss;
   const sampler = setInterval(
@@ -263,7 +265,7 @@ async function main() {
     }
     if (["SDK verify", "revocation lag", "webhook"].some(isWanted)) {
       // A second instance on the same database: the local verifier follows its feed.
-      const peer = await startService({ DATABASE_URL: databaseUrl, KEY_ENCRYPTION_KEY: keyEncryptionKey });
+      const peer = await startService(shared);
       children.push(peer.child);
       rows.push(...(await runEvents({ a: service, b: peer, databaseUrl, keyEncryptionKey, tenantId, secret, headers, sessions, seconds, runs, isWanted })));
     }

@@ -86,14 +86,17 @@ function readConfig(env: NodeJS.ProcessEnv) {
   if (nodeEnv === "production" && keyEncryptionKey.toString("base64url") === developmentKeyEncryptionKey) {
     r.problem("KEY_ENCRYPTION_KEY", "must not be the development key in production");
   }
+  const port = r.int("PORT", 0, 65535, 8080);
   const config = {
     nodeEnv,
-    port: r.int("PORT", 0, 65535, 8080),
+    port,
     host: r.text("HOST", "0.0.0.0"),
     databaseUrl: r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:"),
     databasePoolSize: r.int("DATABASE_POOL_SIZE", 1, 200, 16),
     keyEncryptionKey,
-    issuer: r.url("ISSUER", "http://localhost:8080"),
+    // The address the service listens on, as a client on this machine reaches it; behind a load
+    // balancer or with several instances, set it to the public URL all of them share.
+    issuer: r.url("ISSUER", `http://localhost${port > 0 ? `:${port}` : ""}`),
     logLevel: r.oneOf("LOG_LEVEL", ["fatal", "error", "warn", "info", "debug", "trace", "silent"], "info"),
     bodyLimitBytes: r.int("BODY_LIMIT_BYTES", 1024, 10 * 1024 * 1024, 64 * 1024),
     // Requests (HTTP/1 and HTTP/2 streams) whose body has not fully arrived; past it the oldest is

@@ -45,4 +45,24 @@ describe("sessionctl", () => {
     const { data } = JSON.parse((await sessionctl("signing-keys", "list", "--json")).stdout) as { data: { kid: string; revoked_at: string | null }[] };
     expect(data).toEqual([expect.objectContaining({ kid: first.kid, revoked_at: null })]);
   });
+
+  it("prints its version, says in its help where it connects, and exits 1 naming an unknown tenant on every subcommand that takes one", async () => {
+    expect((await sessionctl("--version")).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    expect((await sessionctl("--help")).stdout).toContain("DATABASE_URL");
+    const unknown = "tnt_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    for (const args of [
+      ["keys", "create", "--tenant", unknown],
+      ["keys", "list", "--tenant", unknown],
+      ["keys", "revoke", "--tenant", unknown, "--key", "key_01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+      ["policy", "get", "--tenant", unknown],
+      ["policy", "set", "--tenant", unknown, "--refresh-grace", "5"],
+      ["webhooks", "list", "--tenant", unknown],
+      ["webhooks", "create", "--tenant", unknown, "--url", "https://example.com/hook"],
+      ["webhooks", "delete", "--tenant", unknown, "--id", "whk_01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+    ]) {
+      const err = (await sessionctl(...args).catch((e: unknown) => e)) as { code: number; stderr: string };
+      expect(err.code, args.join(" ")).toBe(1);
+      expect(err.stderr, args.join(" ")).toContain(`no tenant ${unknown}`);
+    }
+  });
 });

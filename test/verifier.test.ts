@@ -16,7 +16,6 @@ import { startTestServer, type TestServer } from "./helpers/server.js";
 
 let a: TestServer;
 let b: TestServer;
-const issuer = "http://localhost:8080"; // the test servers' ISSUER (the default)
 const verifiers: SessionVerifier[] = [];
 
 beforeAll(async () => {
@@ -32,7 +31,7 @@ afterAll(async () => {
 });
 
 function verifierOn(target: TestServer, tenant = target.tenant, options: { maxStalenessMs?: number; onStale?: "fail" | "verify"; baseUrl?: string } = {}) {
-  const v = createSessionVerifier({ baseUrl: target.url, tenantId: tenant.id, secretKey: tenant.secretKey, issuer, ...options });
+  const v = createSessionVerifier({ baseUrl: target.url, tenantId: tenant.id, secretKey: tenant.secretKey, issuer: target.config.issuer, ...options });
   verifiers.push(v);
   return v;
 }
@@ -155,7 +154,7 @@ describe("the local verifier", () => {
   it("resumes after its connection is cut, losing no revocation made meanwhile", async () => {
     const proxy = await startFaultProxy(b.port);
     try {
-      const v = createSessionVerifier({ baseUrl: `http://127.0.0.1:${proxy.port}`, tenantId: a.tenant.id, secretKey: a.tenant.secretKey, issuer, maxStalenessMs: 60_000 });
+      const v = createSessionVerifier({ baseUrl: `http://127.0.0.1:${proxy.port}`, tenantId: a.tenant.id, secretKey: a.tenant.secretKey, issuer: b.config.issuer, maxStalenessMs: 60_000 });
       verifiers.push(v);
       await v.ready;
       const s = await create("usr_sdk_cut");

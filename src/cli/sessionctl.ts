@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { loadConfig, type Config } from "../config.js";
 import { mintApiKey } from "../domain/api-keys.js";
@@ -51,7 +52,13 @@ function tenantIdArg(value: string): string {
 }
 
 const json = new Option("--json", "print one JSON object");
-const program = new Command("sessionctl").description("Administer the session service: tenants, secret keys, policies, signing keys and webhooks.");
+const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+const program = new Command("sessionctl")
+  .version(version)
+  .description(
+    "Administer the session service: tenants, secret keys, policies, signing keys and webhooks.\n" +
+      "Reads DATABASE_URL (default mysql://root@127.0.0.1:3306/sessions) and KEY_ENCRYPTION_KEY as the server does, and migrates the database first.",
+  );
 
 const tenants = program.command("tenants").description("manage tenants");
 tenants
@@ -114,6 +121,7 @@ keys
   .addOption(json)
   .action(async (opts: { tenant: string; json?: boolean }) => {
     await withDatabase(async (pool) => {
+      await requireTenant(pool, opts.tenant);
       const rows = await createTenantStore(pool).listApiKeys(opts.tenant);
       const data = rows.map((k) => ({
         key_id: k.id,
@@ -132,6 +140,7 @@ keys
   .addOption(json)
   .action(async (opts: { tenant: string; key: string; json?: boolean }) => {
     await withDatabase(async (pool) => {
+      await requireTenant(pool, opts.tenant);
       const isRevoked = await createTenantStore(pool).revokeApiKey(opts.tenant, opts.key, now());
       if (!isRevoked) throw new Error(`no key ${opts.key} for tenant ${opts.tenant}`);
       print(opts.json === true, { key_id: opts.key, revoked: true }, [`revoked ${opts.key}`]);
@@ -164,6 +173,7 @@ policy
   .addOption(json)
   .action(async (opts: { tenant: string; json?: boolean }) => {
     await withDatabase(async (pool) => {
+      await requireTenant(pool, opts.tenant);
       printPolicy(opts.json === true, (await createPolicyStore(pool).getPolicy(opts.tenant)) ?? defaultPolicy);
     });
   });

@@ -245,6 +245,12 @@ describe("config", () => {
     expect(loadConfig({ NODE_ENV: "production", KEY_ENCRYPTION_KEY: kek.toString("base64url") }).keyEncryptionKey).toEqual(kek);
   });
 
+  it("defaults ISSUER to the address the service listens on, as a client on the machine reaches it", () => {
+    expect(env({}).issuer).toBe("http://localhost:8080");
+    expect(env({ PORT: "9090" }).issuer).toBe("http://localhost:9090");
+    expect(env({ PORT: "9090", ISSUER: "https://auth.example.com" }).issuer).toBe("https://auth.example.com");
+  });
+
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
     expect(env({}).rateLimits).toEqual({ readPerMinute: 0, writePerMinute: 0, refreshPerMinute: 0, ipPerMinute: 6_000, authFailuresPerMinute: 100 });
   });
