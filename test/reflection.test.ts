@@ -144,7 +144,7 @@ describe("server reflection", () => {
     );
     expect(fileNames(ext)[0]).toBe("sessions/v1/options.proto");
     expect(numbers?.case === "allExtensionNumbersResponse" && numbers.value.extensionNumber.sort()).toEqual([
-      50001, 50002, 50003, 72295728,
+      50001, 50002, 50003, 50004, 72295728,
     ]);
   });
 

@@ -225,6 +225,9 @@ describe("exact answers to what clients should not send", () => {
     expect(((await get.json()) as Json).code).toBe("not_found");
     const create = await fetch(`${server.url}/sessions.v1.SessionService/CreateSession?connect=v1&encoding=json&message=%7B%7D`, { headers: authed() });
     expect(create.status).toBe(405);
+    // VerifyToken has no side effects, but a token never goes in a URL: no GET.
+    const verify = await fetch(`${server.url}${verifyPath}?connect=v1&encoding=json&message=${encodeURIComponent('{"token":"eyJ.x.y"}')}`, { headers: authed() });
+    expect(verify.status).toBe(405);
     const twice = await fetch(`${server.url}${verifyPath}`, { method: "POST", headers: { ...authed(), "content-type": "application/json" }, body: '{"token":"a","token":"b"}' });
     expect(twice.status).toBe(400);
     const binaryUnknown = await fetch(`${server.url}${verifyPath}`, {

@@ -1,7 +1,7 @@
 import { getOption, type DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
-import { is_public } from "../../gen/sessions/v1/options_pb.js";
+import { is_public, rate_limit_tier, RateLimitTier } from "../../gen/sessions/v1/options_pb.js";
 import { AppError } from "../domain/errors.js";
 import type { CallInfo } from "./pipeline.js";
 
@@ -27,8 +27,10 @@ export interface RateLimitConfig {
 
 type Tier = "read" | "write" | "refresh";
 
-/** The tier comes from the proto: `is_public` RPCs are refreshes, NO_SIDE_EFFECTS ones are reads. */
+/** The tier comes from the proto: `rate_limit_tier` when set; else `is_public` RPCs are refreshes, NO_SIDE_EFFECTS ones reads. */
 export function tierOf(method: DescMethod): Tier {
+  const declared = getOption(method, rate_limit_tier);
+  if (declared !== RateLimitTier.UNSPECIFIED) return declared === RateLimitTier.READ ? "read" : declared === RateLimitTier.WRITE ? "write" : "refresh";
   if (getOption(method, is_public)) return "refresh";
   return method.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS ? "read" : "write";
 }

@@ -2,8 +2,8 @@
 // @generated from file sessions/v1/options.proto (package sessions.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenExtension, GenFile } from "@bufbuild/protobuf/codegenv2";
-import { extDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenExtension, GenFile } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, extDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
 import type { FieldOptions, MethodOptions } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
 
@@ -11,7 +11,48 @@ import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
  * Describes the file sessions/v1/options.proto.
  */
 export const file_sessions_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MTpMChFodHRwX3N1Y2Nlc3NfY29kZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGGAyABKAVSD2h0dHBTdWNjZXNzQ29kZTo9Cglpc19wdWJsaWMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjShgMgASgIUghpc1B1YmxpYzo7Cghub19zdG9yZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNOGAyABKAhSB25vU3RvcmU6WgoZaW1wbGllZF9vdmVyX3Jlc3Rfd2l0aG91dBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMY2oYDIAEoCVIWaW1wbGllZE92ZXJSZXN0V2l0aG91dGIGcHJvdG8z", [file_google_protobuf_descriptor]);
+  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MSqCAQoNUmF0ZUxpbWl0VGllchIfChtSQVRFX0xJTUlUX1RJRVJfVU5TUEVDSUZJRUQQABIYChRSQVRFX0xJTUlUX1RJRVJfUkVBRBABEhkKFVJBVEVfTElNSVRfVElFUl9XUklURRACEhsKF1JBVEVfTElNSVRfVElFUl9SRUZSRVNIEAM6TAoRaHR0cF9zdWNjZXNzX2NvZGUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjRhgMgASgFUg9odHRwU3VjY2Vzc0NvZGU6PQoJaXNfcHVibGljEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0oYDIAEoCFIIaXNQdWJsaWM6OwoIbm9fc3RvcmUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjThgMgASgIUgdub1N0b3JlOmQKD3JhdGVfbGltaXRfdGllchIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNSGAyABKA4yGi5zZXNzaW9ucy52MS5SYXRlTGltaXRUaWVyUg1yYXRlTGltaXRUaWVyOloKGWltcGxpZWRfb3Zlcl9yZXN0X3dpdGhvdXQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGNqGAyABKAlSFmltcGxpZWRPdmVyUmVzdFdpdGhvdXRiBnByb3RvMw", [file_google_protobuf_descriptor]);
+
+/**
+ * RateLimitTier names a per-tenant rate-limit budget.
+ *
+ * @generated from enum sessions.v1.RateLimitTier
+ */
+export enum RateLimitTier {
+  /**
+   * RATE_LIMIT_TIER_UNSPECIFIED derives the tier from the method (see rate_limit_tier).
+   *
+   * @generated from enum value: RATE_LIMIT_TIER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * RATE_LIMIT_TIER_READ is RATE_LIMIT_READ_PER_MINUTE.
+   *
+   * @generated from enum value: RATE_LIMIT_TIER_READ = 1;
+   */
+  READ = 1,
+
+  /**
+   * RATE_LIMIT_TIER_WRITE is RATE_LIMIT_WRITE_PER_MINUTE.
+   *
+   * @generated from enum value: RATE_LIMIT_TIER_WRITE = 2;
+   */
+  WRITE = 2,
+
+  /**
+   * RATE_LIMIT_TIER_REFRESH is RATE_LIMIT_REFRESH_PER_MINUTE.
+   *
+   * @generated from enum value: RATE_LIMIT_TIER_REFRESH = 3;
+   */
+  REFRESH = 3,
+}
+
+/**
+ * Describes the enum sessions.v1.RateLimitTier.
+ */
+export const RateLimitTierSchema: GenEnum<RateLimitTier> = /*@__PURE__*/
+  enumDesc(file_sessions_v1_options, 0);
 
 /**
  * http_success_code is the HTTP status the REST mapping answers on success (200 when unset).
@@ -39,6 +80,15 @@ export const no_store: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
   extDesc(file_sessions_v1_options, 2);
 
 /**
+ * rate_limit_tier is the per-tenant budget a call counts against (RATE_LIMIT_*_PER_MINUTE). Unset:
+ * an is_public RPC is a refresh, a NO_SIDE_EFFECTS one a read, any other a write.
+ *
+ * @generated from extension: sessions.v1.RateLimitTier rate_limit_tier = 50004;
+ */
+export const rate_limit_tier: GenExtension<MethodOptions, RateLimitTier> = /*@__PURE__*/
+  extDesc(file_sessions_v1_options, 3);
+
+/**
  * implied_over_rest_without names another field of the same message: over REST, a request that
  * leaves both out gets this bool field set to true. It carries a REST convention (a call without a
  * filter acts on everything) into an RPC request that must say so explicitly.
@@ -46,5 +96,5 @@ export const no_store: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
  * @generated from extension: string implied_over_rest_without = 50010;
  */
 export const implied_over_rest_without: GenExtension<FieldOptions, string> = /*@__PURE__*/
-  extDesc(file_sessions_v1_options, 3);
+  extDesc(file_sessions_v1_options, 4);
 
