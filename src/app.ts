@@ -96,7 +96,7 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
   });
 
   // One pipeline for SessionService, whatever protocol carries the call.
-  const pipeline = createPipeline(SessionService, createSessionHandlers(services.sessionService, services.clock, { feed: services.eventFeed, cursorKey: services.eventCursorKey }), {
+  const pipeline = createPipeline(SessionService, createSessionHandlers(services.sessionService, services.clock, { feed: services.eventFeed, cursorKey: services.eventCursorKey }, metrics), {
     authenticator: services.authenticator,
     log: app.log,
     metrics,

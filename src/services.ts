@@ -12,7 +12,7 @@ import type { EventFeed } from "./domain/events.js";
 import type { EventStore, SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger, flushLogs } from "./logger.js";
-import { closePool, openDatabase, probeDatabase, type Pool } from "./store/db.js";
+import { closePool, openDatabase, poolStats, probeDatabase, type Pool } from "./store/db.js";
 import { createLeaseStore } from "./store/lease-store.js";
 import { createSweepStore } from "./store/sweep-store.js";
 import { migrate } from "./store/migrate.js";
@@ -114,6 +114,18 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     const metricsRegistry = new Registry();
     collectDefaultMetrics({ register: metricsRegistry });
     registerKeyRingMetrics(metricsRegistry, keyRing);
+    new Gauge({
+      name: "sessions_db_pool_connections",
+      help: "This instance's database pool: connections in use, idle, and calls waiting for one.",
+      labelNames: ["state"] as const,
+      registers: [metricsRegistry],
+      collect() {
+        const { inUse, idle, waiting } = poolStats(pool);
+        this.set({ state: "in_use" }, inUse);
+        this.set({ state: "idle" }, idle);
+        this.set({ state: "waiting" }, waiting);
+      },
+    });
     const leases = createLeaseStore(pool);
     const eventStore = createEventStore(pool);
     const webhookStore = createWebhookStore(pool);

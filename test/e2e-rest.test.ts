@@ -208,6 +208,28 @@ describe("operations", () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toContain("sessions_rpc_duration_seconds_bucket");
     expect(metrics).toContain('method="CreateSession",protocol="rest"');
+    expect(metrics).toMatch(/sessions_db_pool_connections\{state="in_use"\} \d+/);
+    expect(metrics).toMatch(/sessions_db_pool_connections\{state="waiting"\} \d+/);
+  });
+
+  it("counts what operators watch: sessions created and ended by reason, verify results", async () => {
+    const read = async () => (await (await fetch(`${server.url}/metrics`)).text()).split("\n");
+    const value = (lines: string[], series: string) => Number(lines.find((l) => l.startsWith(`${series} `))?.split(" ")[1] ?? 0);
+    const before = await read();
+    const s = await createSession("usr_metrics");
+    await call("POST", "/v1/sessions/verify", { body: { token: s.access_token } });
+    await call("POST", "/v1/sessions/verify", { body: { token: "not.a.token" } });
+    expect((await call("DELETE", `/v1/sessions/${s.session.id}`)).status).toBe(204);
+    await call("POST", "/v1/sessions/verify", { body: { token: s.access_token } });
+    // Events are counted where they are numbered (one instance at a time).
+    while (((await server.services.eventSequencer.sequenceOnce()) ?? 0) > 0);
+    const after = await read();
+    const delta = (series: string) => value(after, series) - value(before, series);
+    expect(delta('sessions_events_total{type="session.created",reason=""}')).toBeGreaterThanOrEqual(1);
+    expect(delta('sessions_events_total{type="session.revoked",reason="revoked"}')).toBeGreaterThanOrEqual(1);
+    expect(delta('sessions_verify_total{result="valid"}')).toBe(1);
+    expect(delta('sessions_verify_total{result="invalid_token"}')).toBe(1);
+    expect(delta('sessions_verify_total{result="session_revoked"}')).toBe(1);
   });
 
   it("a revoke acknowledged by one instance is seen by the next verify on another", async () => {

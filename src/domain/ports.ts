@@ -119,8 +119,8 @@ export interface PurgeCounts {
 
 /** The event log (see domain/events.ts): written by the database, read in seq order. */
 export interface EventStore {
-  /** Gives the next seqs to up to `limit` committed events that have none yet, numbered at `now`; returns how many. */
-  sequence(limit: number, now: Date): Promise<number>;
+  /** Gives the next seqs to up to `limit` committed events that have none yet, numbered at `now`; returns their kinds. */
+  sequence(limit: number, now: Date): Promise<{ type: SessionEvent["type"]; reason: string | null }[]>;
   /** The highest seq given so far (0 when none). */
   headSeq(): Promise<number>;
   /** Up to `limit` events after `seq`, every tenant's, in seq order. */

@@ -42,8 +42,8 @@ export function createEventStore(pool: Pool): EventStore {
       // order after the highest seq given so far. Numbers are consecutive: a reader can tell that it
       // has every event up to a seq.
       return inTransaction(pool, async (conn) => {
-        const [pending] = await conn.query<RowDataPacket[]>("SELECT id FROM session_events WHERE seq IS NULL ORDER BY id LIMIT ?", [limit]);
-        if (pending.length === 0) return 0;
+        const [pending] = await conn.query<RowDataPacket[]>("SELECT id, type, reason FROM session_events WHERE seq IS NULL ORDER BY id LIMIT ?", [limit]);
+        if (pending.length === 0) return [];
         // After the highest seq ever given: retention may have deleted every numbered row.
         const [[top]] = await conn.query<RowDataPacket[]>(`SELECT ${highestSeq} AS top`);
         const ids = pending.map((r) => r.id as number);
@@ -53,7 +53,8 @@ export function createEventStore(pool: Pool): EventStore {
           now,
           ids,
         ]);
-        return result.affectedRows;
+        // Only the rows this statement numbered (none is numbered twice: `seq IS NULL`, one sequencer).
+        return result.affectedRows === pending.length ? pending.map((r) => ({ type: r.type as SessionEventType, reason: (r.reason as string | null) ?? null })) : [];
       });
     },
     async headSeq() {

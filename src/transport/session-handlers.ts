@@ -4,6 +4,7 @@ import type { Clock } from "../domain/clock.js";
 import { encodeEventCursor, feedStart, type EventFeed } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
 import { fromProtoDeviceType, statusFilterFromProto, toProtoEvent, toProtoSession } from "./converters.js";
+import type { Metrics } from "./metrics.js";
 import type { Handlers } from "./pipeline.js";
 
 /**
@@ -14,6 +15,7 @@ export function createSessionHandlers(
   service: SessionService,
   clock: Clock,
   events: { feed: EventFeed; cursorKey: Buffer },
+  metrics: Pick<Metrics, "countVerify">,
 ): Handlers<typeof SessionServiceDesc> {
   return {
     async watchSessionEvents(req, { caller: { tenantId } }) {
@@ -60,6 +62,7 @@ export function createSessionHandlers(
 
     async verifyToken(req, { caller }) {
       const result = await service.verify(caller.tenantId, req.token);
+      metrics.countVerify(result.valid ? "valid" : result.code);
       if (!result.valid) return { valid: false, error: { code: result.code, message: result.message } };
       return {
         valid: true,

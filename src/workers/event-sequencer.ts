@@ -36,7 +36,14 @@ const batchSize = 1_000;
  */
 export function createEventSequencer(opts: EventSequencerOptions): EventSequencer {
   const { store, leases, clock, idleIntervalMs } = opts;
-  const sequenced = new Counter({ name: "sessions_events_sequenced_total", help: "Events this instance numbered for delivery.", registers: [opts.registry] });
+  // Each event is numbered once, by whichever instance holds the lease: summed over instances,
+  // sessions created, and ended by how (type session.revoked / session.ended, and reason).
+  const sequenced = new Counter({
+    name: "sessions_events_total",
+    help: "Session events numbered for delivery by this instance, by type and reason: sessions created, revoked (by reason) and ended by time (by reason), signing keys.",
+    labelNames: ["type", "reason"] as const,
+    registers: [opts.registry],
+  });
   let isStopping = false;
   const stopping = new AbortController();
   let loop: Promise<void> | undefined;
@@ -44,9 +51,9 @@ export function createEventSequencer(opts: EventSequencerOptions): EventSequence
 
   async function sequenceOnce(): Promise<number | undefined> {
     if (!(await lease.hold())) return undefined;
-    const n = await store.sequence(batchSize, clock.now());
-    sequenced.inc(n);
-    return n;
+    const kinds = await store.sequence(batchSize, clock.now());
+    for (const { type, reason } of kinds) sequenced.inc({ type, reason: reason ?? "" });
+    return kinds.length;
   }
 
   return {
