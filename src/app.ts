@@ -15,6 +15,7 @@ import { refuseOnResponse, refuseOnSocket, registerRest, registerRestErrors, res
 import { registerRpcRoutes } from "./transport/rpc-routes.js";
 import { registerRpcStreams, streamContextValues } from "./transport/rpc-streams.js";
 import { registerRpcUnary } from "./transport/rpc-unary.js";
+import { registerCors } from "./transport/cors.js";
 import { registerEventStream } from "./transport/sse.js";
 import { createSessionHandlers } from "./transport/session-handlers.js";
 
@@ -76,6 +77,7 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
   let isShuttingDown = false;
   // Before any route: it keeps the table that tells 405 from 404.
   registerRestErrors(app);
+  if (config.corsOrigins.length > 0) registerCors(app, config.corsOrigins);
 
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);

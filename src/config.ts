@@ -45,6 +45,19 @@ class Reader {
     }
     return value;
   }
+  /** Comma-separated web origins (`https://app.example.com`, scheme, host and port only); empty: none. */
+  origins(name: string): string[] {
+    const value = (this.raw(name) ?? "").trim();
+    if (value === "") return [];
+    const origins = value.split(",").map((o) => o.trim());
+    for (const origin of origins) {
+      const url = URL.canParse(origin) ? new URL(origin) : undefined;
+      if (url === undefined || !["http:", "https:"].includes(url.protocol) || url.origin !== origin) {
+        this.problem(name, `"${origin}" is not an origin such as https://app.example.com (scheme, host and port, no path)`);
+      }
+    }
+    return origins;
+  }
   /** 32 bytes, base64url (or base64) encoded. */
   key(name: string): Buffer | undefined {
     const value = this.raw(name);
@@ -136,6 +149,8 @@ function readConfig(env: NodeJS.ProcessEnv) {
     // A subscriber that hears nothing for this long gets a heartbeat (local verifiers fail closed
     // after 10 s of silence by default, so this stays well below it).
     eventHeartbeatMs: r.int("EVENT_HEARTBEAT_SECONDS", 1, 15, 5) * 1000,
+    // Browser origins allowed to call the service (CORS), comma-separated; none by default.
+    corsOrigins: r.origins("CORS_ORIGINS"),
     // How often the webhook dispatcher (one instance at a time) looks for new events and due retries.
     webhookPollIntervalMs: r.int("WEBHOOK_POLL_INTERVAL_MS", 10, 60_000, 250),
     // Webhooks to loopback, private, link-local and other reserved addresses are refused unless this

@@ -245,6 +245,14 @@ describe("config", () => {
     expect(loadConfig({ NODE_ENV: "production", KEY_ENCRYPTION_KEY: kek.toString("base64url") }).keyEncryptionKey).toEqual(kek);
   });
 
+  it("reads CORS_ORIGINS as exact origins, none by default, and names a bad one", () => {
+    expect(env({}).corsOrigins).toEqual([]);
+    expect(env({ CORS_ORIGINS: "https://app.example.com, http://localhost:3000" }).corsOrigins).toEqual(["https://app.example.com", "http://localhost:3000"]);
+    for (const bad of ["*", "https://app.example.com/", "app.example.com", "ftp://x.example", "https://a.example/path"]) {
+      expect(() => env({ CORS_ORIGINS: bad }), bad).toThrow(/CORS_ORIGINS: .* is not an origin/);
+    }
+  });
+
   it("defaults ISSUER to the address the service listens on, as a client on the machine reaches it", () => {
     expect(env({}).issuer).toBe("http://localhost:8080");
     expect(env({ PORT: "9090" }).issuer).toBe("http://localhost:9090");
