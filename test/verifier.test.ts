@@ -183,6 +183,8 @@ describe("the local verifier", () => {
       proxy.setMode("blackhole");
       await settlesOn(closed, s.access_token, "unavailable");
       expect(closed.isFresh()).toBe(false);
+      // (Each verifier goes stale on its own clock: the asking one may have heard last a moment later.)
+      await vi.waitFor(() => expect(asking.isFresh()).toBe(false), { timeout: 10_000, interval: 20 });
       expect(await asking.verify(s.access_token)).toMatchObject({ valid: false, error: { code: "unavailable" } });
       // The service reachable again: the asking verifier gets the service's answer before its feed has caught up.
       proxy.setMode("pass");
