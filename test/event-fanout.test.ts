@@ -57,28 +57,45 @@ describe("the event feed's fan-out", () => {
     }
   });
 
-  it("catches a reader up from far behind while it reads, however far (more than its queue holds)", async () => {
-    const since = new Date(Date.now() - 1_000);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: 8 }, async () => {
-        for (let i = next++; i < 300; i = next++) {
-          const res = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json" }, body: `{"user_id":"usr_behind_${i}"}` });
-          expect(res.status).toBe(201);
-        }
-      }),
-    );
-    while (((await server.services.eventSequencer.sequenceOnce()) ?? 0) > 0);
-    // A queue of 40: the 300 events must come page by page as the reader takes them.
+  it("catches a reader up from far behind while it reads, however far (more than its queue holds), from the database or the feed's buffer", async () => {
+    // A queue of 40: 300 events must come page by page as the reader takes them.
     const feed = createEventFeed({ store: server.services.eventStore, clock: systemClock, registry: new Registry(), pollIntervalMs: 20, heartbeatMs: 60_000, retentionDays: 7, maxQueue: 40, onError: () => undefined });
     try {
-      const subscription = await feed.subscribe(server.tenant.id, { since });
-      const seen = new Set<string>();
-      for await (const item of subscription) {
-        if (item.kind === "event" && item.event.type === "session.created" && item.event.userId?.startsWith("usr_behind_")) seen.add(item.event.userId);
-        if (seen.size === 300) break;
-      }
-      expect(seen.size).toBe(300);
+      // A live subscriber keeps the poller running, so the 300 events are also in the feed's buffer.
+      const live = await feed.subscribe(server.tenant.id, { now: true });
+      const since = new Date(Date.now() - 1_000);
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          for (let i = next++; i < 300; i = next++) {
+            const res = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json" }, body: `{"user_id":"usr_behind_${i}"}` });
+            expect(res.status).toBe(201);
+          }
+        }),
+      );
+      while (((await server.services.eventSequencer.sequenceOnce()) ?? 0) > 0);
+      /** Reads the 300, then what comes next: a heartbeat once caught up (an error if it was ended as too slow). */
+      const readAll = async (subscription: Awaited<ReturnType<typeof feed.subscribe>>) => {
+        const seen = new Set<string>();
+        const items = subscription[Symbol.asyncIterator]();
+        let after: string | undefined;
+        while (after === undefined) {
+          try {
+            const { value: item, done } = await items.next();
+            if (done) after = "ended";
+            else if (item.kind === "heartbeat") after = seen.size === 300 ? "heartbeat" : undefined;
+            else if (item.event.type === "session.created" && item.event.userId?.startsWith("usr_behind_")) seen.add(item.event.userId);
+          } catch (err) {
+            after = (err as Error).message;
+          }
+        }
+        subscription.close();
+        return { count: seen.size, after };
+      };
+      await readAll(live);
+      // The late one starts 300 behind, all of them in the feed's buffer: it gets them page by page
+      // and then its caught-up heartbeat, never ended as too slow.
+      expect(await readAll(await feed.subscribe(server.tenant.id, { since }))).toEqual({ count: 300, after: "heartbeat" });
     } finally {
       await feed.stop();
     }

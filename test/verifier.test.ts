@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import Fastify from "fastify";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -196,6 +198,44 @@ describe("the local verifier", () => {
   });
 });
 
+describe("the local verifier's start", () => {
+  it("keeps a program that awaits ready alive through connection failures, and says when its key is refused", async () => {
+    const proxy = await startFaultProxy(b.port);
+    proxy.setMode("refuse");
+    const script = new URL(`./.verifier-start-${process.pid}.mjs`, import.meta.url);
+    writeFileSync(
+      script,
+      `import { createSessionVerifier } from "../src/client/verifier.ts";
+       const v = createSessionVerifier({ baseUrl: process.env.BASE, tenantId: process.env.TNT, secretKey: process.env.SK, issuer: process.env.ISS, onError: (e) => console.log("error", e.message) });
+       await v.ready;
+       console.log("ready", v.isFresh());
+       v.close();
+       console.log("closed", v.isFresh());`,
+    );
+    try {
+      const child = spawn(process.execPath, ["--import", "tsx", script.pathname], {
+        env: { ...process.env, BASE: `http://127.0.0.1:${proxy.port}`, TNT: a.tenant.id, SK: a.tenant.secretKey, ISS: b.config.issuer },
+      });
+      let out = "";
+      const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      // Two failed connections (a backoff between them), then the service is reachable again.
+      await vi.waitFor(() => expect(out.match(/^error/gm)?.length ?? 0).toBeGreaterThanOrEqual(2), { timeout: 20_000, interval: 20 });
+      proxy.setMode("pass");
+      expect(await exited).toBe(0);
+      expect(out).toContain("ready true");
+      expect(out).toContain("closed false");
+
+      const wrongKey = createSessionVerifier({ baseUrl: b.url, tenantId: a.tenant.id, secretKey: "sk_live_not_a_key", issuer: b.config.issuer });
+      verifiers.push(wrongKey);
+      await expect(wrongKey.ready).rejects.toThrow(/refused the secret key/);
+    } finally {
+      rmSync(script, { force: true });
+      await proxy.close();
+    }
+  });
+});
+
 describe("the middlewares", () => {
   it("node:http (framework-neutral) and fastify: 200 with the session, 401 with the error shape, 503 when stale", async () => {
     const v = verifierOn(b);
@@ -220,6 +260,8 @@ describe("the middlewares", () => {
       for (const url of [`http://127.0.0.1:${(plain.address() as { port: number }).port}/me`, `http://127.0.0.1:${(fastify.server.address() as { port: number }).port}/me`]) {
         const ok = await fetch(url, { headers: { authorization: `Bearer ${s.access_token}` } });
         expect([ok.status, await ok.json()]).toEqual([200, { user: "usr_sdk_mw" }]);
+        // The scheme is case-insensitive.
+        expect((await fetch(url, { headers: { authorization: `bearer ${s.access_token}` } })).status).toBe(200);
         const missing = await fetch(url);
         expect(missing.status).toBe(401);
         expect(missing.headers.get("www-authenticate")).toBe('Bearer error="invalid_token"');

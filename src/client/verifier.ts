@@ -13,6 +13,7 @@
  *   const result = await verifier.verify(token); // { valid: true, sessionId, userId, … } or { valid: false, error }
  */
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
+import { setTimeout as sleep } from "node:timers/promises";
 import { readEventStream } from "./sse.js";
 
 /** The longest an access token of this service can live (the server's maxAccessTokenTtlSeconds). */
@@ -108,7 +109,13 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
   let lastHeardAt = 0;
   let isCaughtUp = false;
   let markReady: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => (markReady = resolve));
+  let refuse: (err: Error) => void = () => undefined;
+  const ready = new Promise<void>((resolve, reject) => {
+    markReady = resolve;
+    refuse = reject;
+  });
+  // A caller that never awaits `ready` must not see an unhandled rejection.
+  ready.catch(() => undefined);
 
   function deny(event: FeedEvent, code: DeniedSession["code"]): void {
     if (event.session_id === undefined) return;
@@ -149,7 +156,7 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
       } catch (err) {
         onError(err);
       }
-      await new Promise((resolve) => setTimeout(resolve, 500).unref());
+      await pause(500);
     }
   }
 
@@ -169,6 +176,8 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
           const body = (await res.json().catch(() => undefined)) as { error?: { code?: string; message?: string } } | undefined;
           // Events kept fewer than a day back: start again from a day back (what is denied stays denied).
           if (body?.error?.code === "cursor_expired") cursor = undefined;
+          // A key the service refuses will not start working by retrying: say so to whoever awaits `ready`.
+          if (res.status === 401 && !isCaughtUp) refuse(new Error(`the service refused the secret key for tenant ${tenantId} (401): the verifier cannot follow its events`));
           throw new Error(`the event feed answered ${res.status}${body?.error?.code ? ` ${body.error.code}` : ""}`);
         }
         for await (const block of readEventStream(res.body as unknown as AsyncIterable<Uint8Array>)) {
@@ -192,13 +201,17 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
         if (closing.signal.aborted) return;
         onError(err);
         const delay = reconnectDelaysMs[Math.min(failures++, reconnectDelaysMs.length - 1)]!;
-        await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random())).unref());
+        // Not unref'd: a program awaiting `ready` stays alive through the backoff.
+        await pause(delay * (0.5 + Math.random()));
       }
     }
   }
 
+  /** A wait that close() cuts short. */
+  const pause = (ms: number) => sleep(ms, undefined, { signal: closing.signal }).catch(() => undefined);
+
   function isFresh(): boolean {
-    return isCaughtUp && Date.now() - lastHeardAt <= maxStalenessMs;
+    return !closing.signal.aborted && isCaughtUp && Date.now() - lastHeardAt <= maxStalenessMs;
   }
 
   const invalid = (code: VerifyErrorCode, message: string): VerifyResult => ({ valid: false, error: { code, message } });
@@ -281,10 +294,14 @@ export function createSessionVerifier(options: SessionVerifierOptions): SessionV
       if (closing.signal.aborted) return invalid("unavailable", "the verifier is closed");
       if (isFresh()) return verifyHere(token);
       if (onStale === "verify") return verifyRemotely(token);
-      return invalid("unavailable", `the verifier has not heard from the service for over ${maxStalenessMs} ms`);
+      return invalid(
+        "unavailable",
+        isCaughtUp ? `the verifier has not heard from the service for over ${maxStalenessMs} ms` : "the verifier has not yet caught up with the service's events",
+      );
     },
     verifyAuthorization(header) {
-      const match = header === undefined ? null : /^Bearer ([A-Za-z0-9_.-]+)$/.exec(header);
+      // The scheme is case-insensitive (RFC 9110 section 11.1).
+      const match = header === undefined ? null : /^bearer ([A-Za-z0-9_.-]+)$/i.exec(header);
       if (match === null) return Promise.resolve(invalid("invalid_token", "an Authorization: Bearer <access token> header is required"));
       return this.verify(match[1]!);
     },

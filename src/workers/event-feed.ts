@@ -122,7 +122,9 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
         try {
           for (;;) {
             if (subscriber.isClosed) return;
-            if (subscriber.position >= head || subscriber.position + 1 >= bufferFirstSeq()) {
+            // Live once the buffer holds the rest and the rest fits in half its queue (else it
+            // would be too slow the moment it joined); until then, page by page from the database.
+            if (subscriber.position >= head || (subscriber.position + 1 >= bufferFirstSeq() && head - subscriber.position <= maxQueue / 2)) {
               subscriber.offer(buffer.filter((e) => e.seq > subscriber.position), head);
               subscriber.isLive = true;
               subscribers.add(subscriber);
@@ -131,8 +133,10 @@ export function createEventFeed(opts: EventFeedOptions): EventFeed {
             }
             // Up to what the poller has read (later events reach the subscriber through it).
             const target = head;
-            const page = await store.readTenantAfter(tenantId, subscriber.position, pageSize);
-            const bound = page.length === pageSize ? Math.min(page[pageSize - 1]!.seq, target) : target;
+            // Pages that fit what the queue may still take (it is waited down to half between pages).
+            const size = Math.max(1, Math.min(pageSize, Math.floor(maxQueue / 2)));
+            const page = await store.readTenantAfter(tenantId, subscriber.position, size);
+            const bound = page.length === size ? Math.min(page[size - 1]!.seq, target) : target;
             subscriber.offer(page.filter((e) => e.seq <= bound), bound);
             await subscriber.roomToCatchUp();
           }
