@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import http from "node:http";
 import { promisify } from "node:util";
 import { Webhook } from "standardwebhooks";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { newId, seal } from "../src/domain/secrets.js";
 import { persistentFailureReason, retryDelaysSeconds } from "../src/domain/webhooks.js";
 import { createWebhookStore } from "../src/store/webhook-store.js";
@@ -59,8 +59,8 @@ async function startReceiver(statuses: number[] = [204]) {
   };
 }
 
-async function create(userId: string, headers = server.tenant.headers) {
-  const res = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: JSON.stringify({ user_id: userId }) });
+async function create(userId: string, headers = server.tenant.headers, target = server) {
+  const res = await fetch(`${target.url}/v1/sessions`, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: JSON.stringify({ user_id: userId }) });
   expect(res.status).toBe(201);
   return (await res.json()) as { session: { id: string } };
 }
@@ -229,6 +229,64 @@ describe("webhooks to private addresses", () => {
     } finally {
       await receiver.close();
       await strict.close();
+    }
+  });
+});
+
+describe("webhook dispatch under a slow endpoint", () => {
+  it("one tenant's endpoint that does not answer holds at most its own few slots; another tenant's deliveries go on", async () => {
+    const own = await startTestServer({ env: { WEBHOOK_ALLOW_PRIVATE: "true", WEBHOOK_POLL_INTERVAL_MS: "20", EVENT_POLL_INTERVAL_MS: "10" } });
+    // The slow receiver answers nothing until the test lets it.
+    const held: http.ServerResponse[] = [];
+    const slow = http.createServer((_req, res) => void held.push(res));
+    await new Promise<void>((resolve) => slow.listen(0, "127.0.0.1", resolve));
+    const fast = await startReceiver();
+    try {
+      const other = await own.addTenant("Slow");
+      const store = createWebhookStore(own.services.pool);
+      const register = async (tenantId: string, url: string) => {
+        const id = newId("whk");
+        const endpoint = { id, tenantId, url, eventTypes: ["session.created" as const], isEnabled: true, disabledReason: null, position: await own.services.eventStore.headSeq(), createdAt: new Date() };
+        await store.createEndpoint(endpoint, seal(own.config.keyEncryptionKey, id, Buffer.from(`whsec_${Buffer.alloc(24, 9).toString("base64")}`)));
+      };
+      await register(other.id, `http://127.0.0.1:${(slow.address() as { port: number }).port}/hook`);
+      await register(own.tenant.id, fast.url);
+      own.services.eventSequencer.start();
+      own.services.webhookDispatcher.start();
+      for (let i = 0; i < 20; i++) await create(`usr_slow_${i}`, other.headers, own);
+      await vi.waitFor(() => expect(held.length).toBe(4), { timeout: 10_000, interval: 20 });
+      const mine = await create("usr_fast", own.tenant.headers, own);
+      await vi.waitFor(() => expect(fast.received.map((r) => payload(r).data.session_id)).toContain(mine.session.id), { timeout: 10_000, interval: 20 });
+      // Still only four in flight to the slow one.
+      expect(held.length).toBe(4);
+    } finally {
+      for (const res of held) res.end();
+      await own.close();
+      await new Promise((resolve) => slow.close(resolve));
+      await fast.close();
+    }
+  });
+
+  it("claims a due delivery for one dispatcher only, however many ask at once", async () => {
+    const store = createWebhookStore(server.services.pool);
+    const receiver = await startReceiver();
+    try {
+      const hook = await sessionctl(["webhooks", "create", "--tenant", server.tenant.id, "--url", receiver.url, "--events", "session.created"]);
+      for (let i = 0; i < 6; i++) await create(`usr_claim_${i}`);
+      while (((await server.services.eventSequencer.sequenceOnce()) ?? 0) > 0);
+      // Queue them (a dispatch round would also send them): the endpoint's events from its position.
+      const endpoint = (await store.listEndpoints(server.tenant.id)).find((e) => e.id === hook.webhook_id)!;
+      const page = await server.services.eventStore.readTenantAfter(server.tenant.id, endpoint.position, 100);
+      await store.queue(endpoint.id, endpoint.position, page.at(-1)!.seq, page.filter((e) => e.type === "session.created").map((e) => e.seq), clock.now());
+      const due = (await store.dueDeliveries(clock.now(), 100, 100)).filter((d) => d.endpointId === endpoint.id);
+      expect(due).toHaveLength(6);
+      const claims = await Promise.all([0, 1, 2, 3].map((i) => store.claim(due, clock.now(), new Date(clock.now().getTime() + 15_000 + i))));
+      const all = claims.flat().map((d) => d.seq);
+      expect(new Set(all).size).toBe(all.length);
+      expect(all.sort()).toEqual(due.map((d) => d.seq).sort());
+      await sessionctl(["webhooks", "delete", "--tenant", server.tenant.id, "--id", hook.webhook_id]);
+    } finally {
+      await receiver.close();
     }
   });
 });

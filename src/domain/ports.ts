@@ -156,8 +156,14 @@ export interface WebhookStore {
    * transaction; nothing when the position is no longer `from` (false).
    */
   queue(endpointId: string, from: number, to: number, seqs: number[], now: Date): Promise<boolean>;
-  /** Up to `limit` pending deliveries of enabled endpoints due at `now`, earliest first. */
-  dueDeliveries(now: Date, limit: number): Promise<DueDelivery[]>;
+  /** Up to `limit` pending deliveries of enabled endpoints due at `now`, earliest first, at most `perEndpoint` of each endpoint. */
+  dueDeliveries(now: Date, limit: number, perEndpoint: number): Promise<DueDelivery[]>;
+  /**
+   * Claims deliveries for an attempt: moves those still due at `now` to `until`, so no other
+   * dispatcher takes them meanwhile (and an attempt cut short by a crash is retried after `until`).
+   * Returns the ones this call claimed.
+   */
+  claim(deliveries: DueDelivery[], now: Date, until: Date): Promise<DueDelivery[]>;
   /** Records an attempt and what follows from it: delivered, tried again at `retryAt`, or given up. */
   recordAttempt(delivery: { endpointId: string; seq: number }, attempt: WebhookAttempt, outcome: { state: "delivered" } | { state: "retry"; retryAt: Date } | { state: "failed" }): Promise<void>;
   /** The endpoint's last attempts, newest first. */

@@ -100,14 +100,18 @@ export function createWebhookStore(pool: Pool): WebhookStore {
         return true;
       });
     },
-    async dueDeliveries(now, limit) {
+    async dueDeliveries(now, limit, perEndpoint) {
+      // The earliest due of each enabled endpoint, at most `perEndpoint` each: one endpoint's
+      // backlog cannot fill a round.
       const rows = await query<RowDataPacket[]>(
         pool,
-        `SELECT d.endpoint_id, d.seq, d.attempts, e.tenant_id, e.url, e.secret_sealed, e.previous_secret_sealed, e.previous_secret_until
-         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-         WHERE d.state = 0 AND d.next_attempt_at <= ? AND e.is_enabled = 1
-         ORDER BY d.next_attempt_at LIMIT ?`,
-        [now, limit],
+        `SELECT endpoint_id, seq, attempts, tenant_id, url, secret_sealed, previous_secret_sealed, previous_secret_until FROM (
+           SELECT d.endpoint_id, d.seq, d.attempts, d.next_attempt_at, e.tenant_id, e.url, e.secret_sealed, e.previous_secret_sealed, e.previous_secret_until,
+             ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.seq) AS n
+           FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+           WHERE d.state = 0 AND d.next_attempt_at <= ? AND e.is_enabled = 1
+         ) due WHERE n <= ? ORDER BY next_attempt_at, seq LIMIT ?`,
+        [now, perEndpoint, limit],
       );
       return rows.map((r) => ({
         endpointId: text(r.endpoint_id as Buffer),
@@ -119,6 +123,19 @@ export function createWebhookStore(pool: Pool): WebhookStore {
         previousSecretSealed: (r.previous_secret_sealed as Buffer | null) ?? null,
         previousSecretUntil: (r.previous_secret_until as Date | null) ?? null,
       }));
+    },
+    async claim(deliveries, now, until) {
+      if (deliveries.length === 0) return [];
+      const keys = deliveries.map((d) => [d.endpointId, d.seq]);
+      // Due ones only: a delivery another dispatcher claimed meanwhile is not due any more. `until`
+      // is this claim's own instant (to the microsecond), so reading it back finds exactly ours.
+      await query(pool, "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE state = 0 AND next_attempt_at <= ? AND (endpoint_id, seq) IN (?)", [until, now, keys]);
+      const claimed = await query<RowDataPacket[]>(pool, "SELECT endpoint_id, seq FROM webhook_deliveries WHERE state = 0 AND next_attempt_at = ? AND (endpoint_id, seq) IN (?)", [
+        until,
+        keys,
+      ]);
+      const ours = new Set(claimed.map((r) => `${text(r.endpoint_id as Buffer)}\0${Number(r.seq)}`));
+      return deliveries.filter((d) => ours.has(`${d.endpointId}\0${d.seq}`));
     },
     async recordAttempt({ endpointId, seq }, attempt, outcome) {
       await inTransaction(pool, async (conn) => {

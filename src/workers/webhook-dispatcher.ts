@@ -2,7 +2,6 @@ import dns, { type LookupAddress } from "node:dns";
 import http from "node:http";
 import https from "node:https";
 import { isIP } from "node:net";
-import { setTimeout as sleep } from "node:timers/promises";
 import { Counter, type Registry } from "prom-client";
 import { Webhook } from "standardwebhooks";
 import { withoutCall } from "../domain/call-context.js";
@@ -46,6 +45,8 @@ const leaseMs = 15_000;
 /** Events read per query when queueing; deliveries taken per round. */
 const pageSize = 500;
 const roundSize = 200;
+/** Attempts in flight to one endpoint at a time. */
+const perEndpoint = 4;
 /** Response bodies are read (so connections can be reused) up to this much, and never kept. */
 const maxResponseBytes = 64 * 1024;
 
@@ -157,47 +158,97 @@ export function createWebhookDispatcher(opts: WebhookDispatcherOptions): Webhook
     });
   }
 
-  async function deliverDue(): Promise<number> {
-    const due = await store.dueDeliveries(clock.now(), roundSize);
-    if (due.length === 0) return 0;
-    const bySeq = new Map((await events.readSeqs([...new Set(due.map((d) => d.seq))])).map((e) => [e.seq, e]));
-    let next = 0;
-    const worker = async () => {
-      while (next < due.length && !isStopping) {
-        const delivery = due[next++]!;
-        await attempt(delivery, bySeq.get(delivery.seq)).catch(opts.onError);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(concurrency, due.length) }, worker));
-    return due.length;
+  /** Attempts in flight, in all and per endpoint: one slow endpoint holds at most `perEndpoint` of them. */
+  const inFlight = new Set<Promise<void>>();
+  const inFlightPerEndpoint = new Map<string, number>();
+  /** Cuts the loop's wait short (set while it waits). */
+  let wakeLoop: (() => void) | undefined;
+
+  /**
+   * Starts the attempts due now that fit (in all, and per endpoint), claimed first so no other
+   * dispatcher makes them too; resolves with how many it started and when they have all ended.
+   * Never waits for the attempts themselves: a slow endpoint holds its own slots, not the loop.
+   */
+  async function startDue(): Promise<{ started: number; done: Promise<unknown> }> {
+    const room = concurrency - inFlight.size;
+    if (room <= 0) return { started: 0, done: Promise.resolve() };
+    const now = clock.now();
+    const fits = new Map<string, number>();
+    const picked = (await store.dueDeliveries(now, roundSize, perEndpoint)).filter((d) => {
+      const busy = (inFlightPerEndpoint.get(d.endpointId) ?? 0) + (fits.get(d.endpointId) ?? 0);
+      if (busy >= perEndpoint) return false;
+      fits.set(d.endpointId, (fits.get(d.endpointId) ?? 0) + 1);
+      return true;
+    });
+    // Until the attempt must have ended (its timeout and a margin), plus up to a second of jitter,
+    // so that reading the claim back finds this dispatcher's own (the lease makes a second
+    // dispatcher rare; the jitter makes two claiming in the same millisecond rarer still).
+    const until = new Date(now.getTime() + attemptTimeoutMs + 5_000 + Math.floor(Math.random() * 1_000));
+    const claimed = await store.claim(picked.slice(0, room), now, until);
+    if (claimed.length === 0) return { started: 0, done: Promise.resolve() };
+    const bySeq = new Map((await events.readSeqs([...new Set(claimed.map((d) => d.seq))])).map((e) => [e.seq, e]));
+    const started = claimed.map((delivery) => {
+      inFlightPerEndpoint.set(delivery.endpointId, (inFlightPerEndpoint.get(delivery.endpointId) ?? 0) + 1);
+      const running = attempt(delivery, bySeq.get(delivery.seq))
+        .catch(opts.onError)
+        .finally(() => {
+          inFlight.delete(running);
+          // Half the slots free: look for more at once rather than at the next interval.
+          if (inFlight.size <= concurrency / 2) wakeLoop?.();
+          const left = (inFlightPerEndpoint.get(delivery.endpointId) ?? 1) - 1;
+          if (left > 0) inFlightPerEndpoint.set(delivery.endpointId, left);
+          else inFlightPerEndpoint.delete(delivery.endpointId);
+        });
+      inFlight.add(running);
+      return running;
+    });
+    return { started: started.length, done: Promise.all(started) };
   }
 
+  /** One round, waited to its end (tests drive the dispatcher with it). */
   async function dispatchOnce(): Promise<number | undefined> {
     if (!(await lease.hold())) return undefined;
     await queueNewEvents();
-    return deliverDue();
+    const { started, done } = await startDue();
+    await done;
+    return started;
   }
 
   return {
     start() {
       if (loop !== undefined) return;
+      // Every interval: renew the lease, queue new events, start what is due and fits. Attempts
+      // run on by themselves; the lease is renewed while they do.
       loop = withoutCall(async () => {
         while (!isStopping) {
-          let n: number | undefined;
+          let isHolder = false;
           try {
-            n = await dispatchOnce();
+            isHolder = await lease.hold();
+            if (isHolder) {
+              await queueNewEvents();
+              await startDue();
+            }
           } catch (err) {
             opts.onError(err);
           }
-          if (n === roundSize) continue;
-          await sleep(n === undefined ? leaseMs / 5 : opts.pollIntervalMs, undefined, { signal: stopping.signal }).catch(() => undefined);
+          if (isStopping) break;
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, isHolder ? opts.pollIntervalMs : leaseMs / 5);
+            wakeLoop = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+          wakeLoop = undefined;
         }
+        await Promise.all(inFlight);
       });
     },
     async stop() {
       isStopping = true;
       lease.stop();
       stopping.abort();
+      wakeLoop?.();
       await loop;
       agents.http.destroy();
       agents.https.destroy();
