@@ -94,7 +94,7 @@ describe("every path that ends a session reaches a reader on the other instance"
       const expiring = await create("usr_events_expire");
       // Both readers have everything so far before the clock jumps past the event retention (the
       // sweep below would purge what they have not read: they had seconds, not the 7 days readers get).
-      const hasExpiring = (ids: string[]) => ids.includes(expiring.session.id);
+      const hasExpiring = (ids: (string | undefined)[]) => ids.includes(expiring.session.id);
       const before = await sse.until((es) => hasExpiring(es.map((e) => e.data.session_id)));
       await vi.waitFor(() => expect(hasExpiring(rpcEvents.map((e) => e.sessionId))).toBe(true), { timeout: 10_000, interval: 10 });
       clock.advance(31 * 24 * 3600 * 1000);
@@ -253,6 +253,16 @@ describe("boundaries", () => {
       expect((await openEventStream(peer.url, peer.tenant.headers, { query })).status, query).toBe(400);
     }
     expect((await openEventStream(peer.url, { "x-tenant-id": peer.tenant.id })).status).toBe(401);
+  });
+
+  it("refuses an RPC since outside the Timestamp range (it replayed everything from year 10000) with INVALID_ARGUMENT", async () => {
+    const rpc = createClient(SessionService, createGrpcTransport({ baseUrl: peer.url }));
+    for (const since of [{ seconds: 253_402_300_800n, nanos: 0 }, { seconds: -62_135_596_801n, nanos: 0 }, { seconds: 0n, nanos: -1 }, { seconds: 0n, nanos: 1_000_000_000 }]) {
+      const err = await (async () => {
+        for await (const _ of rpc.watchSessionEvents({ since }, { headers: peer.tenant.headers })) break;
+      })().catch((e: unknown) => ConnectError.from(e));
+      expect((err as ConnectError | undefined)?.code, JSON.stringify(since, (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v))).toBe(Code.InvalidArgument);
+    }
   });
 
   it("sends a heartbeat with the current cursor while nothing happens, and ?since= starts at events that occurred since", async () => {

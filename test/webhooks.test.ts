@@ -197,6 +197,12 @@ describe("webhooks", () => {
     expect(await refused(["--url", "https://user:pw@example.com/x"])).toContain("must not carry credentials");
     expect(await refused(["--url", "not a url"])).toContain("is not an absolute URL");
     expect(await refused(["--url", "https://example.com/x", "--events", "session.revoked,session.deleted"])).toContain('unknown event type "session.deleted"');
+    expect(await refused(["--url", "https://example.com/x", "--events", ""])).toContain("at least one event type");
+    for (const url of ["http://[::127.0.0.1]/", "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::]/", "http://2130706433/", "http://127.1/"]) {
+      expect(await refused(["--url", url], { WEBHOOK_ALLOW_PRIVATE: "false" }), url).toContain("private or reserved address");
+    }
+    const err = (await sessionctl(["webhooks", "attempts", "--tenant", server.tenant.id, "--id", "whk_01ARZ3NDEKTSV4RRFFQ69G5FAV"]).catch((e: unknown) => e)) as { code: number; stderr: string };
+    expect([err.code, err.stderr]).toEqual([1, expect.stringContaining("no webhook whk_01ARZ3NDEKTSV4RRFFQ69G5FAV")]);
     expect((await sessionctl(["webhooks", "list", "--tenant", server.tenant.id])).data).toEqual([]);
   });
 });

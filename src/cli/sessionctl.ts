@@ -331,7 +331,9 @@ webhooks
     if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000) throw new Error("--limit must be an integer from 1 to 1000");
     await withDatabase(async (pool) => {
       await requireTenant(pool, opts.tenant);
-      const data = (await createWebhookStore(pool).listAttempts(opts.tenant, opts.id, limit)).map((a) => ({
+      const store = createWebhookStore(pool);
+      if (!(await store.listEndpoints(opts.tenant)).some((e) => e.id === opts.id)) throw new Error(`no webhook ${opts.id} for tenant ${opts.tenant}`);
+      const data = (await store.listAttempts(opts.tenant, opts.id, limit)).map((a) => ({
         attempted_at: a.attemptedAt.toISOString(),
         status: a.status,
         error: a.error,

@@ -39,9 +39,10 @@ export function newWebhookSecret(): string {
   return `whsec_${randomBytes(24).toString("base64")}`;
 }
 
-/** `session.revoked,session.ended` → the types; empty or absent: every type. Unknown names are refused. */
+/** `session.revoked,session.ended` → the types; absent: every type. Empty and unknown names are refused. */
 export function parseEventTypes(text: string | undefined): SessionEventType[] {
-  if (text === undefined || text.trim() === "") return [];
+  if (text === undefined) return [];
+  if (text.trim() === "") throw new AppError("invalid_request", "name at least one event type, or leave the filter out for every type", "events");
   const types = text.split(",").map((t) => t.trim());
   for (const t of types) {
     if (!isSessionEventType(t)) throw new AppError("invalid_request", `unknown event type ${JSON.stringify(t)}; the types are ${sessionEventTypes.join(", ")}`, "events");
@@ -118,15 +119,35 @@ export function isBlockedAddress(address: string): boolean {
   const family = isIP(address);
   if (family === 4) return blocked.check(address, "ipv4");
   if (family !== 6) return true;
-  // An IPv4 address written as IPv6 (::ffff:a.b.c.d, ::a.b.c.d) is judged as the IPv4 it is.
-  const embedded = /^::(?:ffff:)?(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (embedded) return blocked.check(embedded[1]!, "ipv4");
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
-  if (mapped) {
-    const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
-    return blocked.check(`${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`, "ipv4");
+  if (blocked.check(address, "ipv6")) return true;
+  // IPv6 forms that carry an IPv4 address are judged by it too: mapped (::ffff:0:0/96), compatible
+  // (::/96), NAT64 (64:ff9b::/96) and 6to4 (2002::/16, the address in the next 32 bits).
+  const h = hextets(address);
+  if (h === undefined) return true;
+  const v4 = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  const isZero = (from: number, to: number) => h.slice(from, to).every((x) => x === 0);
+  if (isZero(0, 5) && (h[5] === 0xffff || h[5] === 0)) return blocked.check(v4(h[6]!, h[7]!), "ipv4");
+  if (h[0] === 0x64 && h[1] === 0xff9b && isZero(2, 6)) return blocked.check(v4(h[6]!, h[7]!), "ipv4");
+  if (h[0] === 0x2002) return blocked.check(v4(h[1]!, h[2]!), "ipv4");
+  return false;
+}
+
+/** The eight 16-bit groups of an IPv6 address (a trailing dotted IPv4 part included); undefined if malformed. */
+function hextets(address: string): number[] | undefined {
+  let text = address.toLowerCase();
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
   }
-  return blocked.check(address, "ipv6");
+  const [head = "", tail, ...rest] = text.split("::");
+  if (rest.length > 0) return undefined;
+  const left = head === "" ? [] : head.split(":");
+  const right = tail === undefined || tail === "" ? [] : tail.split(":");
+  const missing = 8 - left.length - right.length;
+  if (tail === undefined ? missing !== 0 : missing < 0) return undefined;
+  const groups = [...left, ...Array<string>(tail === undefined ? 0 : missing).fill("0"), ...right].map((g) => parseInt(g, 16));
+  return groups.length === 8 && groups.every((g) => Number.isInteger(g) && g >= 0 && g <= 0xffff) ? groups : undefined;
 }
 
 /**

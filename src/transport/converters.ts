@@ -1,5 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   DeviceType as ProtoDeviceType,
   RevokeReason as ProtoRevokeReason,
@@ -83,6 +83,18 @@ export function fromProtoDeviceType(deviceType: ProtoDeviceType): DeviceType | u
   return deviceTypeFromProtoTable.get(deviceType);
 }
 
+/** The valid range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. */
+const minTimestampSeconds = -62_135_596_800n;
+const maxTimestampSeconds = 253_402_300_799n;
+
+/** A Timestamp the caller sent, as a Date; invalid_request naming `field` when outside its valid range. */
+export function timeFromProto(ts: Timestamp, field: string): Date {
+  if (ts.seconds < minTimestampSeconds || ts.seconds > maxTimestampSeconds || ts.nanos < 0 || ts.nanos > 999_999_999) {
+    throw new AppError("invalid_request", `${field} must be a valid timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)`, field);
+  }
+  return timestampDate(ts);
+}
+
 /** A feed item as the RPC and SSE carry it; `cursorOf` makes the tenant's cursor for a seq. */
 export function toProtoEvent(item: FeedItem, cursorOf: (seq: number) => string, now: Date): MessageInitShape<typeof WatchSessionEventsResponseSchema> {
   if (item.kind === "heartbeat") return { cursor: cursorOf(item.seq), type: "heartbeat", occurredAt: timestampFromDate(now) };
@@ -90,11 +102,11 @@ export function toProtoEvent(item: FeedItem, cursorOf: (seq: number) => string, 
   return {
     cursor: cursorOf(e.seq),
     type: e.type,
-    sessionId: e.sessionId ?? "",
-    userId: e.userId ?? "",
-    reason: e.reason ?? "",
-    revokedBy: e.type === "session.revoked" ? (e.actor ?? "") : "",
-    keyId: e.keyId ?? "",
+    sessionId: e.sessionId ?? undefined,
+    userId: e.userId ?? undefined,
+    reason: e.reason ?? undefined,
+    revokedBy: e.type === "session.revoked" ? (e.actor ?? undefined) : undefined,
+    keyId: e.keyId ?? undefined,
     occurredAt: timestampFromDate(e.occurredAt),
   };
 }

@@ -1,9 +1,9 @@
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
 import type { Clock } from "../domain/clock.js";
 import { encodeEventCursor, feedStart, type EventFeed } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
-import { fromProtoDeviceType, statusFilterFromProto, toProtoEvent, toProtoSession } from "./converters.js";
+import { fromProtoDeviceType, statusFilterFromProto, timeFromProto, toProtoEvent, toProtoSession } from "./converters.js";
 import type { Metrics } from "./metrics.js";
 import type { Handlers } from "./pipeline.js";
 
@@ -19,7 +19,7 @@ export function createSessionHandlers(
 ): Handlers<typeof SessionServiceDesc> {
   return {
     async watchSessionEvents(req, { caller: { tenantId } }) {
-      const start = feedStart(events.cursorKey, tenantId, { after: req.after, since: req.since === undefined ? undefined : timestampDate(req.since) });
+      const start = feedStart(events.cursorKey, tenantId, { after: req.after, since: req.since === undefined ? undefined : timeFromProto(req.since, "since") });
       const subscription = await events.feed.subscribe(tenantId, start);
       const cursorOf = (seq: number) => encodeEventCursor(events.cursorKey, tenantId, seq);
       return (async function* () {

@@ -6,9 +6,9 @@ import { checkWebhookUrl, isBlockedAddress, newWebhookSecret, nextAttemptAt, par
 describe("webhook rules", () => {
   it("block loopback, private, link-local, CGNAT, reserved and mapped forms; allow public addresses", () => {
     const blocked = ["127.0.0.1", "127.255.0.9", "10.0.0.1", "172.16.5.4", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "198.18.0.1",
-      "::", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:10.0.0.1", "::127.0.0.1", "2001:db8::1", "not-an-ip"];
+      "::", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:10.0.0.1", "::127.0.0.1", "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::10.1.2.3", "2002:7f00:1::", "2002:a9fe:a9fe::1", "2001:db8::1", "not-an-ip"];
     for (const a of blocked) expect(isBlockedAddress(a), a).toBe(true);
-    for (const a of ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]) expect(isBlockedAddress(a), a).toBe(false);
+    for (const a of ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "2a00:1450:4001:80e::200e"]) expect(isBlockedAddress(a), a).toBe(false);
   });
 
   it("accept http(s) URLs only, without credentials or fragments", () => {
@@ -18,9 +18,9 @@ describe("webhook rules", () => {
     }
   });
 
-  it("parse event filters: empty is every type, unknown names refused, repeats folded", () => {
+  it("parse event filters: none given is every type, empty and unknown names refused, repeats folded", () => {
     expect(parseEventTypes(undefined)).toEqual([]);
-    expect(parseEventTypes(" ")).toEqual([]);
+    expect(() => parseEventTypes(" ")).toThrow(/at least one event type/);
     expect(parseEventTypes("session.revoked, session.ended,session.revoked")).toEqual(["session.revoked", "session.ended"]);
     expect(() => parseEventTypes("session.revoked,")).toThrow(/unknown event type ""/);
     expect(() => parseEventTypes("Session.Revoked")).toThrow(/unknown event type/);
