@@ -1,7 +1,8 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { SessionService as SessionServiceDesc } from "../../gen/sessions/v1/sessions_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { WatchSessionEventsResponseSchema, type SessionService as SessionServiceDesc, type WatchSessionEventsResponse } from "../../gen/sessions/v1/sessions_pb.js";
 import type { Clock } from "../domain/clock.js";
-import { encodeEventCursor, feedStart, type EventFeed } from "../domain/events.js";
+import { encodeEventCursor, feedStart, type EventFeed, type FeedItem, type SessionEvent } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
 import { fromProtoDeviceType, statusFilterFromProto, timeFromProto, toProtoEvent, toProtoSession } from "./converters.js";
 import type { Metrics } from "./metrics.js";
@@ -17,6 +18,20 @@ export function createSessionHandlers(
   events: { feed: EventFeed; cursorKey: Buffer },
   metrics: Pick<Metrics, "countVerify">,
 ): Handlers<typeof SessionServiceDesc> {
+  /**
+   * One message per event and tenant, shared by every subscriber it goes to (the live feed hands
+   * them all the same event object): 400 readers of a tenant cost one conversion, one cursor MAC and
+   * (sse.ts) one JSON encoding per event, not 400.
+   */
+  const messages = new WeakMap<SessionEvent, Map<string, WatchSessionEventsResponse>>();
+  const messageOf = (item: FeedItem, tenantId: string, cursorOf: (seq: number) => string): WatchSessionEventsResponse => {
+    if (item.kind === "heartbeat") return create(WatchSessionEventsResponseSchema, toProtoEvent(item, cursorOf, clock.now()));
+    let byTenant = messages.get(item.event);
+    if (byTenant === undefined) messages.set(item.event, (byTenant = new Map()));
+    let message = byTenant.get(tenantId);
+    if (message === undefined) byTenant.set(tenantId, (message = create(WatchSessionEventsResponseSchema, toProtoEvent(item, cursorOf, clock.now()))));
+    return message;
+  };
   return {
     async watchSessionEvents(req, { caller: { tenantId } }) {
       const start = feedStart(events.cursorKey, tenantId, { after: req.after, since: req.since === undefined ? undefined : timeFromProto(req.since, "since") });
@@ -24,7 +39,7 @@ export function createSessionHandlers(
       const cursorOf = (seq: number) => encodeEventCursor(events.cursorKey, tenantId, seq);
       return (async function* () {
         try {
-          for await (const item of subscription) yield toProtoEvent(item, cursorOf, clock.now());
+          for await (const item of subscription) yield messageOf(item, tenantId, cursorOf);
         } finally {
           subscription.close();
         }

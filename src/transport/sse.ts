@@ -11,7 +11,14 @@ import { restJsonEncoder } from "./rest-json.js";
 /** Where the REST feed is served. */
 export const eventStreamPath = "/v1/sessions/events";
 
-const encodeEvent = restJsonEncoder(WatchSessionEventsResponseSchema);
+const encodeMessage = restJsonEncoder(WatchSessionEventsResponseSchema);
+/** Encoded once per message: subscribers of one tenant share each event's message (session-handlers.ts). */
+const encoded = new WeakMap<WatchSessionEventsResponse, string>();
+const encodeEvent = (message: WatchSessionEventsResponse) => {
+  let json = encoded.get(message);
+  if (json === undefined) encoded.set(message, (json = encodeMessage(message)));
+  return json;
+};
 
 /**
  * GET /v1/sessions/events: the tenant's event feed (WatchSessionEvents) as Server-Sent Events.
