@@ -115,11 +115,18 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
   /** The caller, authenticated and within its limits, before anything else the call does. */
   async function admit(method: DescMethod, info: CallInfo): Promise<Caller> {
     throwIfCancelled();
-    const caller = getOption(method, is_public) ? await publicCaller(info) : await authenticate(info);
-    await deps.rateLimits.checkTenant(info, tierOf(method), caller.tenantId);
+    const { isPublic, tier } = factsOf(method);
+    const caller = isPublic ? await publicCaller(info) : await authenticate(info);
+    await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
     throwIfCancelled();
     return caller;
   }
+  /**
+   * A method's options, read once: reading an extension option decodes it from the descriptor each
+   * time (per call, that cost REST verify a quarter of its throughput).
+   */
+  const facts = new Map(service.methods.map((m) => [m, { isPublic: getOption(m, is_public), tier: tierOf(m) }]));
+  const factsOf = (method: DescMethod) => facts.get(method)!;
   /** Anything thrown as the AppError callers see: a bug or an untranslated error becomes a logged `internal`. */
   function publicError(method: DescMethod, info: CallInfo, err: unknown): AppError {
     const error = err instanceof AppError ? err : new AppError("internal", "internal error", undefined, { cause: err });
