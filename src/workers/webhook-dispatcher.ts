@@ -46,7 +46,7 @@ const leaseMs = 15_000;
 const pageSize = 500;
 const roundSize = 200;
 /** Attempts in flight to one endpoint at a time. */
-const perEndpoint = 4;
+const perEndpoint = 8;
 /** Response bodies are read (so connections can be reused) up to this much, and never kept. */
 const maxResponseBytes = 64 * 1024;
 
