@@ -249,9 +249,13 @@ describe("boundaries", () => {
     } finally {
       await server.services.pool.query("UPDATE session_event_log SET purged_through_seq = 0 WHERE id = 1");
     }
-    for (const query of ["?since=yesterday", "?after=evt_1.x", "?limit=5", "?after=a&after=b"]) {
+    for (const query of ["?since=yesterday", "?after=evt_1.x", "?limit=5", "?after=a&after=b", "?after=", "?since="]) {
       expect((await openEventStream(peer.url, peer.tenant.headers, { query })).status, query).toBe(400);
     }
+    // RFC 3339 allows lower-case t and z.
+    const lower = await openEventStream(peer.url, peer.tenant.headers, { query: "?since=2026-06-01t12:00:00z" });
+    expect(lower.status).toBe(200);
+    lower.close();
     expect((await openEventStream(peer.url, { "x-tenant-id": peer.tenant.id })).status).toBe(401);
   });
 

@@ -36,6 +36,8 @@ export function registerEventStream(app: FastifyInstance, stream: PipelineStream
     for (const [name, value] of Object.entries(query)) {
       if (name !== "after" && name !== "since") throw new AppError("invalid_request", `unknown query parameter ${name}; this feed takes after or since`, name);
       if (Array.isArray(value)) throw new AppError("invalid_request", `the query parameter ${name} is given more than once`, name);
+      // A filter that is present must say something (as on every other REST path).
+      if (value === "") throw new AppError("invalid_request", `the query parameter ${name} is empty; leave it out to start from now`, name);
     }
     // An EventSource reconnecting sends Last-Event-ID with the URL it started with: the header wins.
     const lastEventId = request.headers["last-event-id"];
@@ -91,7 +93,8 @@ export function registerEventStream(app: FastifyInstance, stream: PipelineStream
 
 /** An RFC 3339 time with a zone (`2026-11-30T12:00:00Z`), or invalid_request naming `since`. */
 function parseTime(value: string): Date {
-  const time = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(value) ? new Date(value) : new Date(Number.NaN);
+  // RFC 3339 allows a lower-case t and z.
+  const time = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/i.test(value) ? new Date(value.toUpperCase()) : new Date(Number.NaN);
   if (Number.isNaN(time.getTime())) throw new AppError("invalid_request", "since must be an RFC 3339 time such as 2026-11-30T12:00:00Z", "since");
   return time;
 }
