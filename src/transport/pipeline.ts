@@ -7,7 +7,7 @@ import { requireTenantId, type Authenticator, type Caller } from "../domain/api-
 import { throwIfCancelled, withCall, type CancelSignal } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import type { Metrics } from "./metrics.js";
-import { tierOf, type RateLimits } from "./rate-limits.js";
+import { tierOf, type RateLimits, type Tier } from "./rate-limits.js";
 
 /** The protocols that carry unary calls, each with its own adapter (REST, gRPC, gRPC-Web, Connect). */
 export type Protocol = "rest" | "grpc" | "grpcweb" | "connect";
@@ -55,6 +55,12 @@ export interface PipelineDeps {
   log: FastifyBaseLogger;
   metrics: Metrics;
   rateLimits: RateLimits;
+}
+
+/** What a method's options say about who may call it and which rate-limit budget it spends. */
+interface Admission {
+  isPublic: boolean;
+  tier: Tier;
 }
 
 /** A server-streaming RPC behind the pipeline. */
@@ -113,20 +119,13 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
   }
 
   /** The caller, authenticated and within its limits, before anything else the call does. */
-  async function admit(method: DescMethod, info: CallInfo): Promise<Caller> {
+  async function admit({ isPublic, tier }: Admission, info: CallInfo): Promise<Caller> {
     throwIfCancelled();
-    const { isPublic, tier } = factsOf(method);
     const caller = isPublic ? await publicCaller(info) : await authenticate(info);
     await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
     throwIfCancelled();
     return caller;
   }
-  /**
-   * A method's options, read once: reading an extension option decodes it from the descriptor each
-   * time (per call, that cost REST verify a quarter of its throughput).
-   */
-  const facts = new Map(service.methods.map((m) => [m, { isPublic: getOption(m, is_public), tier: tierOf(m) }]));
-  const factsOf = (method: DescMethod) => facts.get(method)!;
   /** Anything thrown as the AppError callers see: a bug or an untranslated error becomes a logged `internal`. */
   function publicError(method: DescMethod, info: CallInfo, err: unknown): AppError {
     const error = err instanceof AppError ? err : new AppError("internal", "internal error", undefined, { cause: err });
@@ -140,6 +139,9 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
   const streams = new Map<string, PipelineStream>();
   for (const method of service.methods) {
     const path = `/${service.typeName}/${method.name}`;
+    // Each option read once, here: reading an extension option decodes it from the descriptor every
+    // time (per call, that cost REST verify a quarter of its throughput).
+    const admission: Admission = { isPublic: getOption(method, is_public), tier: tierOf(method) };
     if (method.methodKind === "server_streaming") {
       const handler = (handlers as unknown as Record<string, (req: Message, call: Call) => Promise<AsyncIterable<object>>>)[method.localName];
       if (handler === undefined) throw new Error(`${service.typeName}.${method.name} has no handler`);
@@ -151,7 +153,7 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
           try {
             // The deadline and cancellation cover the start; the stream then runs until the client leaves.
             messages = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
-              const caller = await admit(method, info);
+              const caller = await admit(admission, info);
               return handler(request, { ...info, method, caller });
             });
           } catch (err) {
@@ -199,7 +201,7 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
         if (isNoStore) info.responseHeaders.set("cache-control", "no-store").set("pragma", "no-cache");
         try {
           const response = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
-            const caller = await admit(method, info);
+            const caller = await admit(admission, info);
             const response = await handler(request, { ...info, method, caller });
             // An answer after the deadline is not one the client waits for: it gets the error instead.
             throwIfCancelled();

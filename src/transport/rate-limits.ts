@@ -25,7 +25,7 @@ export interface RateLimitConfig {
   authFailuresPerMinute: number;
 }
 
-type Tier = "read" | "write" | "refresh";
+export type Tier = "read" | "write" | "refresh";
 
 /** The tier comes from the proto: `rate_limit_tier` when set; else `is_public` RPCs are refreshes, NO_SIDE_EFFECTS ones reads. */
 export function tierOf(method: DescMethod): Tier {
