@@ -81,7 +81,7 @@ export function createWebhookStore(pool: Pool): WebhookStore {
         tenantId,
         id,
       ]);
-      // affectedRows counts matched rows (the pool sets FOUND_ROWS), so an unchanged state is still found.
+      // affectedRows counts matched rows (mysql2 connects with FOUND_ROWS), so an unchanged state is still found.
       return result.affectedRows === 1;
     },
     async enabledEndpoints() {

@@ -72,6 +72,13 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
   let running: Promise<unknown> | undefined;
   const holdLease = () => lease.hold();
 
+  /** Deletes batch after batch while batches come back full and the lease holds; how many in all. */
+  async function inBatches(deleteBatch: (limit: number) => Promise<number>): Promise<number> {
+    let total = 0;
+    for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); total += n) n = await deleteBatch(purgeBatchSize);
+    return total;
+  }
+
   async function sweepOnce(): Promise<SweepReport | undefined> {
     if (!(await holdLease())) return undefined;
     const ends = await recordTimeEnds(store, clock.now(), holdLease);
@@ -79,13 +86,11 @@ export function createSessionSweep(opts: SessionSweepOptions): SessionSweep {
     const report = await purge(store, retentionCutoff(clock.now(), retentionDays), { beforeBatch: holdLease });
     purged.inc({ kind: "session" }, report.total.sessions);
     purged.inc({ kind: "refresh_token" }, report.total.refreshTokens);
-    // Events, oldest first, in small batches like everything else here.
-    let eventsPurged = 0;
+    // Events, oldest first, then finished webhook deliveries, in small batches like everything else here.
     const eventCutoff = retentionCutoff(clock.now(), eventRetentionDays);
-    for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); eventsPurged += n) n = await events.purgeBefore(eventCutoff, purgeBatchSize);
+    const eventsPurged = await inBatches((limit) => events.purgeBefore(eventCutoff, limit));
     purged.inc({ kind: "event" }, eventsPurged);
-    let deliveriesPurged = 0;
-    for (let n = purgeBatchSize; n === purgeBatchSize && (await holdLease()); deliveriesPurged += n) n = await webhooks.purgeFinished(eventCutoff, purgeBatchSize);
+    const deliveriesPurged = await inBatches((limit) => webhooks.purgeFinished(eventCutoff, limit));
     purged.inc({ kind: "webhook_delivery" }, deliveriesPurged);
     lastSweep.set(Date.now() / 1000);
     return { endsRecorded: ends, purged: report, eventsPurged, deliveriesPurged };

@@ -173,12 +173,11 @@ export function createWebhookDispatcher(opts: WebhookDispatcherOptions): Webhook
     const room = concurrency - inFlight.size;
     if (room <= 0) return { started: 0, done: Promise.resolve() };
     const now = clock.now();
-    const fits = new Map<string, number>();
+    const busy = new Map(inFlightPerEndpoint);
     const picked = (await store.dueDeliveries(now, roundSize, perEndpoint)).filter((d) => {
-      const busy = (inFlightPerEndpoint.get(d.endpointId) ?? 0) + (fits.get(d.endpointId) ?? 0);
-      if (busy >= perEndpoint) return false;
-      fits.set(d.endpointId, (fits.get(d.endpointId) ?? 0) + 1);
-      return true;
+      const n = busy.get(d.endpointId) ?? 0;
+      busy.set(d.endpointId, n + 1);
+      return n < perEndpoint;
     });
     // Until the attempt must have ended (its timeout and a margin), plus up to a second of jitter,
     // so that reading the claim back finds this dispatcher's own (the lease makes a second
@@ -193,11 +192,11 @@ export function createWebhookDispatcher(opts: WebhookDispatcherOptions): Webhook
         .catch(opts.onError)
         .finally(() => {
           inFlight.delete(running);
-          // Half the slots free: look for more at once rather than at the next interval.
-          if (inFlight.size <= concurrency / 2) wakeLoop?.();
           const left = (inFlightPerEndpoint.get(delivery.endpointId) ?? 1) - 1;
           if (left > 0) inFlightPerEndpoint.set(delivery.endpointId, left);
           else inFlightPerEndpoint.delete(delivery.endpointId);
+          // Half the slots free: look for more at once rather than at the next interval.
+          if (inFlight.size <= concurrency / 2) wakeLoop?.();
         });
       inFlight.add(running);
       return running;
