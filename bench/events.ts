@@ -4,7 +4,7 @@ import { promisify } from "node:util";
 import autocannon from "autocannon";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { createSessionVerifier, type SessionVerifier } from "../src/client/verifier.js";
-import type { Row } from "./report.js";
+import { median, type Row } from "./report.js";
 import type { Service } from "./run.js";
 
 /**
@@ -31,7 +31,6 @@ interface EventsOptions {
   isWanted: (name: string) => boolean;
 }
 
-const median = (values: number[]) => [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)] as number;
 const percentile = (values: number[], p: number) => [...values].sort((x, y) => x - y)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))] as number;
 /** The ISSUER both instances run with. */
 export const benchIssuer = "https://sessions.bench.example";

@@ -24,6 +24,9 @@ export interface Row {
   isMet?: boolean;
 }
 
+/** The middle of the runs (the upper middle of an even count). */
+export const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
+
 export interface Report {
   rows: Row[];
   rss: { idleMiB: number; peakMiB: number };

@@ -11,7 +11,7 @@ import autocannon from "autocannon";
 import mysql from "mysql2/promise";
 import { GetSessionRequestSchema, VerifyTokenRequestSchema } from "../gen/sessions/v1/sessions_pb.js";
 import { grpcLoad, type LoadResult } from "./grpc-load.js";
-import { writeReport, type Row } from "./report.js";
+import { median, writeReport, type Row } from "./report.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
 import { runScale } from "./scale.js";
 import { benchIssuer, runEvents } from "./events.js";
@@ -98,7 +98,6 @@ export async function startService(env: Record<string, string>): Promise<Service
   };
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 
 /** An HTTP load run with autocannon; a warm-up first (JIT, pools, caches). */
 export async function httpLoad(opts: autocannon.Options, overrides: Partial<autocannon.Options> = {}): Promise<LoadResult> {
