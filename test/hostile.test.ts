@@ -90,6 +90,10 @@ describe("in-process server", () => {
     // connection for their own INSERT only.
     const warm = await fetch(`${narrow.url}/v1/sessions`, { method: "POST", headers: { ...narrow.tenant.headers, "content-type": "application/json" }, body: '{"user_id":"usr_warm"}' });
     expect(warm.status).toBe(201);
+    const inFlight = async () => {
+      const metrics = await (await fetch(`${narrow.url}/metrics`)).text();
+      return Number(/^sessions_rpc_in_flight\{method="CreateSession",protocol="[^"]+"\} (\d+)$/m.exec(metrics)?.[1] ?? 0);
+    };
     const held = await narrow.services.pool.getConnection();
     const session = http2.connect(narrow.url);
     session.on("error", () => undefined);
@@ -104,9 +108,10 @@ describe("in-process server", () => {
         stream.end(JSON.stringify({ user_id: userId }));
         return stream;
       });
-      // Every create is past authentication and waiting for the one connection, held here.
+      // Every create is past authentication, and their rows wait in batches for the one connection,
+      // held here (a batch waits as one: the pool sees at least one waiter).
       for (;;) {
-        if (poolStats(narrow.services.pool).waiting === userIds.length) break;
+        if ((await inFlight()) === userIds.length && poolStats(narrow.services.pool).waiting > 0) break;
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
       // Reset in a write of their own, well after the requests; the PING's answer comes once the
@@ -129,6 +134,8 @@ describe("in-process server", () => {
       userIds,
     ])) as unknown as [{ n: number }[]];
     expect(Number(rows[0]!.n)).toBe(0);
+    // Every one of them was answered (cancelled), none left counted as in flight.
+    expect(await inFlight()).toBe(0);
     await narrow.close();
   });
 

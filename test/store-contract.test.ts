@@ -68,3 +68,44 @@ describe("status: the SQL mirror agrees with the domain rule", () => {
     }
   });
 });
+
+describe("creates share one INSERT", () => {
+  const sessionOf = (tenantId: string, id = newId("ses")): Session => {
+    const now = new Date(Math.floor(Date.now() / 1000) * 1000);
+    return {
+      tenantId, id, userId: "u", userAgent: "", ipAddress: "", country: "", deviceType: "unknown", role: "member", orgId: null,
+      isMfaVerified: false, createdAt: now, lastActiveAt: now, expiresAt: new Date(now.getTime() + 3_600_000), idleExpiresAt: null, recordedEnd: null,
+    };
+  };
+
+  it("each of 200 creates asked at once is stored, with its own row and its created event", async () => {
+    const store = createSessionStore(services.pool);
+    const tenantId = newId("tnt");
+    const sessions = Array.from({ length: 200 }, () => sessionOf(tenantId));
+    await Promise.all(sessions.map((s, i) => store.insertSession(s, Buffer.alloc(32, i + 1), null)));
+    const [rows] = await services.pool.query<import("mysql2").RowDataPacket[]>("SELECT id FROM sessions WHERE tenant_id = ?", [tenantId]);
+    expect(rows.map((r) => String(r.id)).sort()).toEqual(sessions.map((s) => s.id).sort());
+    const [events] = await services.pool.query<import("mysql2").RowDataPacket[]>(
+      "SELECT COUNT(*) AS n FROM session_events WHERE tenant_id = ? AND type = 'session.created'",
+      [tenantId],
+    );
+    expect(Number(events[0]!.n)).toBe(200);
+  });
+
+  it("a row whose key is taken fails its own call only; the rest of its batch is stored", async () => {
+    const store = createSessionStore(services.pool);
+    const tenantId = newId("tnt");
+    const taken = sessionOf(tenantId);
+    await store.insertSession(taken, Buffer.alloc(32, 1), null);
+    // Asked in one turn: they share a batch, which holds one duplicate id and one duplicate refresh token.
+    const fresh = Array.from({ length: 6 }, () => sessionOf(tenantId));
+    const results = await Promise.allSettled([
+      ...fresh.map((s, i) => store.insertSession(s, Buffer.alloc(32, i + 10), null)),
+      store.insertSession(sessionOf(tenantId, taken.id), Buffer.alloc(32, 2), null),
+      store.insertSession(sessionOf(tenantId), Buffer.alloc(32, 1), null),
+    ]);
+    expect(results.map((r) => r.status)).toEqual([...fresh.map(() => "fulfilled"), "rejected", "rejected"]);
+    const [rows] = await services.pool.query<import("mysql2").RowDataPacket[]>("SELECT id FROM sessions WHERE tenant_id = ?", [tenantId]);
+    expect(rows.map((r) => String(r.id)).sort()).toEqual([taken, ...fresh].map((s) => s.id).sort());
+  });
+});

@@ -48,7 +48,19 @@ export function currentDeadline(): number | undefined {
  * deadline has come; call it before expensive steps. (A deadline of zero is past at once.)
  */
 export function throwIfCancelled(): void {
+  checkCall(storage.getStore());
+}
+
+/**
+ * throwIfCancelled for the current call, to be run later, from work that runs outside it: a batch
+ * that many calls joined checks each of them once it is about to send their part.
+ */
+export function cancellationCheck(): () => void {
   const call = storage.getStore();
+  return () => checkCall(call);
+}
+
+function checkCall(call: CallContext | undefined): void {
   if (call === undefined) return;
   if (call.signal?.aborted === true) throw new AppError("cancelled", "the client cancelled the call");
   if (call.deadline !== undefined && Date.now() >= call.deadline) throw new AppError("deadline_exceeded", "the call's deadline passed");

@@ -257,6 +257,11 @@ function deadlineError(deadline: Deadline, cause: unknown): AppError {
  * Translates a driver error at the storage edge: connectivity, pool and lock failures become
  * `unavailable`; anything else stays an internal error whose text only reaches the log.
  */
+/** A statement refused for a row whose unique key is taken (ER_DUP_ENTRY). */
+export function isDuplicateKey(err: unknown): boolean {
+  return (err as DriverError)?.errno === 1062;
+}
+
 export function translateDriverError(err: unknown): unknown {
   if (err instanceof AppError) return err;
   const e = err as DriverError;
@@ -498,6 +503,15 @@ async function takeNamedLock(conn: PoolConnection, key: string, deadline: Deadli
 }
 
 /** Runs one statement outside a transaction, translating driver errors. */
+/** Runs `work` on a pooled connection, within the current operation's deadline (as `query` does). */
+export async function withPooledConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+  try {
+    return await withConnection(pool, operationDeadline(), work);
+  } catch (err) {
+    throw translateDriverError(err);
+  }
+}
+
 export async function query<T>(pool: Pool, sql: string, params: unknown[] = []): Promise<T> {
   try {
     return await withConnection(pool, operationDeadline(), async (conn) => {

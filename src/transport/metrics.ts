@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
 export interface Metrics {
   registry: Registry;
@@ -23,12 +23,22 @@ export function createMetrics(registry: Registry): Metrics {
     labelNames: ["result"] as const,
     registers: [registry],
   });
+  const inFlight = new Gauge({
+    name: "sessions_rpc_in_flight",
+    help: "SessionService RPCs begun and not yet answered, by method and protocol.",
+    labelNames: ["method", "protocol"] as const,
+    registers: [registry],
+  });
   return {
     registry,
     countVerify: (result) => verifies.inc({ result }),
     startRpc(method, protocol) {
       const end = rpcDuration.startTimer({ method, protocol });
-      return (code) => end({ code });
+      inFlight.inc({ method, protocol });
+      return (code) => {
+        inFlight.dec({ method, protocol });
+        end({ code });
+      };
     },
   };
 }
