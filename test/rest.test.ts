@@ -58,7 +58,7 @@ describe("restRoutesOf", () => {
   });
 
   /** A one-RPC service whose only method carries the given google.api.http rule. */
-  function serviceWith(rule: MessageInitShape<typeof HttpRuleSchema>) {
+  function serviceWith(rule: MessageInitShape<typeof HttpRuleSchema>, { serverStreaming = false } = {}) {
     const options = create(MethodOptionsSchema);
     setExtension(options, http, create(HttpRuleSchema, rule));
     const field = (name: string, number: number, label = FieldDescriptorProto_Label.OPTIONAL) => ({
@@ -76,7 +76,7 @@ describe("restRoutesOf", () => {
         { name: "Req", field: [field("id", 1), field("tags", 2, FieldDescriptorProto_Label.REPEATED)] },
         { name: "Res" },
       ],
-      service: [{ name: "S", method: [{ name: "M", inputType: ".t.Req", outputType: ".t.Res", options }] }],
+      service: [{ name: "S", method: [{ name: "M", inputType: ".t.Req", outputType: ".t.Res", options, serverStreaming }] }],
     });
     const service = createFileRegistry(file, () => undefined).getService("t.S");
     if (!service) throw new Error("test service not built");
@@ -87,6 +87,17 @@ describe("restRoutesOf", () => {
     expect(restRoutesOf(serviceWith({ pattern: { case: "patch", value: "/v1/things/{id}" }, body: "*" }))[0]?.url).toBe(
       "/v1/things/:id",
     );
+  });
+
+  it("maps a server-streaming RPC to a GET (its Server-Sent Events), and nothing else", () => {
+    const feed = restRoutesOf(serviceWith({ pattern: { case: "get", value: "/v1/things/feed" } }, { serverStreaming: true }))[0];
+    expect(feed?.url).toBe("/v1/things/feed");
+    for (const rule of [
+      { pattern: { case: "post", value: "/v1/things/feed" }, body: "*" },
+      { pattern: { case: "get", value: "/v1/things/{id}/feed" } },
+    ] satisfies MessageInitShape<typeof HttpRuleSchema>[]) {
+      expect(() => restRoutesOf(serviceWith(rule, { serverStreaming: true }))).toThrow(/^t\.S\.M: a server-streaming RPC/);
+    }
   });
 
   it.each<[string, MessageInitShape<typeof HttpRuleSchema>]>([

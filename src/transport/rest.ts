@@ -39,19 +39,24 @@ export interface RestRoute {
   successCode: number;
 }
 
-/** The REST routes of a service's annotated RPCs; throws on a mapping this transcoder does not support. */
+/**
+ * The REST routes of a service's annotated RPCs; throws on a mapping this transcoder does not
+ * support. A server-streaming RPC maps to a GET without body or path variables: its feed as
+ * Server-Sent Events (src/transport/sse.ts); registerRest serves the unary ones.
+ */
 export function restRoutesOf(service: DescService): RestRoute[] {
-  return service.methods.filter((method) => hasOption(method, http)).map(routeOf);
+  return service.methods.filter((method) => hasOption(method, http)).map(restRouteOf);
 }
 
-function routeOf(method: DescMethod): RestRoute {
+export function restRouteOf(method: DescMethod): RestRoute {
   const rule = getOption(method, http);
   const badRule = (why: string) => new Error(`${method.parent.typeName}.${method.name}: ${why}`);
   const { pattern } = rule;
   if (pattern.case === undefined || pattern.case === "custom") {
     throw badRule("google.api.http needs get, put, post, patch or delete");
   }
-  if (method.methodKind !== "unary") throw badRule("only unary RPCs can have a REST mapping");
+  const isStream = method.methodKind === "server_streaming";
+  if (method.methodKind !== "unary" && !isStream) throw badRule("only unary and server-streaming RPCs can have a REST mapping");
   if (rule.additionalBindings.length > 0) throw badRule("additional_bindings are not supported");
   const httpMethod = pattern.case.toUpperCase() as HttpMethod;
   const template = pattern.value;
@@ -73,6 +78,9 @@ function routeOf(method: DescMethod): RestRoute {
     return `:${name}`;
   });
   const { body, responseBody } = rule;
+  if (isStream && (httpMethod !== "GET" || body !== "" || responseBody !== "" || pathFields.size > 0)) {
+    throw badRule("a server-streaming RPC maps to a GET without body, response_body or path variables (its Server-Sent Events)");
+  }
   if (body !== "" && (httpMethod === "GET" || httpMethod === "DELETE")) throw badRule(`${httpMethod} cannot have a body`);
   if (body !== "" && body !== "*" && (!method.input.fields.some((f) => f.name === body) || pathFields.has(body))) {
     throw badRule(`body "${body}" is not a request field outside the path`);
@@ -111,6 +119,7 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
       }
     });
     for (const route of routes) {
+      if (route.method.methodKind !== "unary") continue;
       scope.route({
         method: route.httpMethod,
         url: route.url,
@@ -281,10 +290,11 @@ export function refuseOnResponse(req: IncomingMessage | Http2ServerRequest, res:
  * 404. Call it before any route is registered.
  */
 export function registerRestErrors(app: FastifyInstance): void {
-  const known: { pattern: RegExp; methods: string[] }[] = [];
+  const known: KnownRoute[] = [];
+  routeTables.set(app, known);
   app.addHook("onRoute", (route: RouteOptions) => {
     const methods = [route.method].flat();
-    known.push({ pattern: pathPattern(route.url), methods });
+    known.push({ url: route.url, pattern: pathPattern(route.url), methods });
   });
   app.setErrorHandler(restErrorHandler);
   app.addHook("onRequest", refuseUnmeant);
@@ -295,6 +305,19 @@ export function registerRestErrors(app: FastifyInstance): void {
     reply.header("allow", allowed.join(", "));
     return sendError(request, reply, new AppError("method_not_allowed", `${request.method} is not allowed here; allowed: ${allowed.join(", ")}`));
   });
+}
+
+interface KnownRoute {
+  url: string;
+  pattern: RegExp;
+  methods: string[];
+}
+
+const routeTables = new WeakMap<FastifyInstance, readonly KnownRoute[]>();
+
+/** Every route `app` serves, fastify's automatic HEAD routes included, as the table behind 405 knows them. */
+export function servedRoutesOf(app: FastifyInstance): { method: string; url: string }[] {
+  return (routeTables.get(app) ?? []).flatMap(({ url, methods }) => methods.map((method) => ({ method, url })));
 }
 
 /** A fastify route path (`/v1/sessions/:id`, `/x/*`) as a regular expression for concrete paths. */
