@@ -6,6 +6,7 @@ import { pathOf } from "./logger.js";
 import { jwksMaxAgeSeconds } from "./domain/signing-keys.js";
 import { createOnePort } from "./server/one-port.js";
 import type { Services } from "./services.js";
+import { registerApiDocs } from "./transport/api-docs.js";
 import { createPipeline } from "./transport/pipeline.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
@@ -149,5 +150,7 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     reply.header("cache-control", `public, max-age=${jwksMaxAgeSeconds}`);
     return services.keyRing.jwks();
   });
+  // The OpenAPI document generated from the proto, and the reference page that renders it.
+  registerApiDocs(app);
   return app;
 }
