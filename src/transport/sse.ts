@@ -1,15 +1,20 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { WatchSessionEventsRequestSchema, WatchSessionEventsResponseSchema, type WatchSessionEventsResponse } from "../../gen/sessions/v1/sessions_pb.js";
+import {
+  SessionService,
+  WatchSessionEventsRequestSchema,
+  WatchSessionEventsResponseSchema,
+  type WatchSessionEventsResponse,
+} from "../../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../domain/errors.js";
 import { toPublicError } from "./error-codes.js";
 import { callInfoOf, type PipelineStream } from "./pipeline.js";
-import { invalidQuery, isInvalidQuery } from "./rest.js";
+import { invalidQuery, isInvalidQuery, restRouteOf } from "./rest.js";
 import { restJsonEncoder } from "./rest-json.js";
 
-/** Where the REST feed is served. */
-export const eventStreamPath = "/v1/sessions/events";
+/** Where the REST feed is served: WatchSessionEvents' google.api.http GET path. */
+export const eventStreamPath = restRouteOf(SessionService.method.watchSessionEvents).url;
 
 const encodeMessage = restJsonEncoder(WatchSessionEventsResponseSchema);
 /** Encoded once per message: subscribers of one tenant share each event's message (session-handlers.ts). */
