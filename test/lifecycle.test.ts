@@ -144,7 +144,7 @@ describe("end reasons and actors", () => {
     const a = await services.sessionService.create(tenant, input("actor"));
     const b = await services.sessionService.create(tenant, input("actor"));
     await services.sessionService.revoke(tenant, a.session.id, "key_ABC");
-    await services.sessionService.revokeAll(tenant, { userId: "actor", exceptSessionId: undefined, isAllUsers: false }, "key_DEF");
+    await services.sessionService.revokeAll(tenant, { userId: "actor" }, "key_DEF");
     expect(await services.sessionService.get(tenant, a.session.id)).toMatchObject({ recordedEnd: { reason: "revoked", by: "key_ABC" } });
     expect(await services.sessionService.get(tenant, b.session.id)).toMatchObject({ recordedEnd: { reason: "revoked_all", by: "key_DEF" } });
   });

@@ -107,11 +107,17 @@ describe("server reflection", () => {
     );
     expect(fileNames(method)[0]).toBe("sessions/v1/sessions.proto");
     expect(fileNames(method).sort()).toEqual([
+      // The validation rules and field behaviors sessions.proto declares, with what they import.
+      "buf/validate/validate.proto",
       "google/api/annotations.proto",
+      "google/api/field_behavior.proto",
       "google/api/http.proto",
       "google/protobuf/descriptor.proto",
+      "google/protobuf/duration.proto",
+      "google/protobuf/field_mask.proto",
       "google/protobuf/timestamp.proto",
       "sessions/v1/options.proto",
+      "sessions/v1/rules.proto",
       "sessions/v1/sessions.proto",
     ]);
     expect(fileNames(message)).toEqual(["sessions/v1/sessions.proto"]);

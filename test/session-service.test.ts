@@ -47,14 +47,10 @@ describe("create", () => {
     expect(verified).toMatchObject({ valid: true, sessionId: pair.session.id, userId: "usr_1", tenantId: tenantA, role: "member" });
   });
 
-  it.each([
-    [{ userId: "" }, "user_id"],
-    [{ ipAddress: "999.1.1.1" }, "ip_address"],
-    [{ country: "USA" }, "country"],
-    [{ role: "r".repeat(65) }, "role"],
-    [{ userId: "u".repeat(256) }, "user_id"],
-  ])("rejects %o naming %s", async (over, field) => {
-    await expectAppError(services.sessionService.create(tenantA, createInput(over)), "invalid_request", field);
+  it("defaults the role, reads an empty org id as none, upper-cases the country and cuts the user agent at 1024 characters", async () => {
+    // What the request's rules allow (test/validation.test.ts) is checked before the service is called.
+    const { session } = await services.sessionService.create(tenantA, createInput({ role: "", orgId: "", country: "de", userAgent: "😀".repeat(1030) }));
+    expect(session).toMatchObject({ role: "member", orgId: null, country: "DE", userAgent: "😀".repeat(1024) });
   });
 });
 
@@ -105,10 +101,6 @@ describe("list", () => {
     await expectAppError(services.sessionService.list(tenantA, { userId: user, status: undefined, limit: 2, cursor: "garbage" }), "invalid_cursor");
   });
 
-  it.each([0, 101, -1])("rejects limit %d", async (limit) => {
-    await expectAppError(services.sessionService.list(tenantA, { userId: undefined, status: undefined, limit, cursor: undefined }), "invalid_request", "limit");
-  });
-
   it("filters by derived status", async () => {
     const user = `usr_status_${Date.now()}`;
     const a = await services.sessionService.create(tenantA, createInput({ userId: user }));
@@ -143,12 +135,12 @@ describe("revoke", () => {
     const pairs = await Promise.all([1, 2, 3].map(() => services.sessionService.create(tenantA, createInput({ userId: user }))));
     const other = await services.sessionService.create(tenantA, createInput({ userId: `${user}_other` }));
     const keep = pairs[0]!.session.id;
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep, isAllUsers: false }, null)).toBe(2);
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep, isAllUsers: false }, null)).toBe(0);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(2);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: keep }, null)).toBe(0);
     expect((await services.sessionService.get(tenantA, keep)).recordedEnd).toBeNull();
     expect((await services.sessionService.get(tenantA, other.session.id)).recordedEnd).toBeNull();
     expect((await services.sessionService.get(tenantA, pairs[1]!.session.id)).recordedEnd?.reason).toBe("revoked_all");
-    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined, isAllUsers: false }, null)).toBe(1);
+    expect(await services.sessionService.revokeAll(tenantA, { userId: user, exceptSessionId: undefined }, null)).toBe(1);
   });
 
   it("revokes thousands in batches, counting exactly, leaving others' sessions and later creates alone", async () => {
@@ -164,8 +156,8 @@ describe("revoke", () => {
                              created_at, last_active_at, expires_at, idle_expires_at, state, ends_at, refresh_token_hash) VALUES ?`,
       [rows],
     );
-    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk", isAllUsers: false }, null)).toBe(1_234);
-    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk", isAllUsers: false }, null)).toBe(0);
+    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk" }, null)).toBe(1_234);
+    expect(await services.sessionService.revokeAll(tenant, { userId: "usr_bulk" }, null)).toBe(0);
     const bystanders = await services.sessionService.list(tenant, { userId: "usr_bystander", limit: 100 });
     expect(bystanders.sessions).toHaveLength(10);
     // A session created after the call's instant is not the call's to revoke.
@@ -191,9 +183,8 @@ describe("revoke", () => {
 });
 
 describe("verify", () => {
-  it("rejects expired tokens and garbage, and requires a token", async () => {
+  it("rejects expired tokens and garbage", async () => {
     const pair = await services.sessionService.create(tenantA, createInput());
-    await expectAppError(services.sessionService.verify(tenantA, ""), "invalid_request", "token");
     expect(await services.sessionService.verify(tenantA, "garbage")).toMatchObject({ valid: false, code: "invalid_token" });
     expect(await services.sessionService.verify(tenantA, `${pair.accessToken}x`)).toMatchObject({ valid: false, code: "invalid_token" });
     expect(await services.sessionService.verify(tenantA, "a".repeat(5000))).toMatchObject({ valid: false, code: "invalid_token" });
@@ -249,7 +240,6 @@ describe("refresh", () => {
     const pair = await services.sessionService.create(tenantA, createInput());
     await expectAppError(services.sessionService.refresh(tenantB, pair.refreshToken), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, "rt_nope"), "refresh_token_invalid");
-    await expectAppError(services.sessionService.refresh(tenantA, ""), "invalid_request", "refresh_token");
     expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toBeNull();
     await services.sessionService.refresh(tenantA, pair.refreshToken);
   });

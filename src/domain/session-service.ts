@@ -1,4 +1,3 @@
-import { isIP } from "node:net";
 import { wholeSeconds, type Clock } from "./clock.js";
 import { decodeCursor, encodeCursor } from "./cursor.js";
 import { deviceTypeFromUserAgent } from "./device-type.js";
@@ -9,7 +8,7 @@ import type { RefreshDecider, SessionStore } from "./ports.js";
 import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
 import type { AccessTokenClaims, KeyRing } from "./signing-keys.js";
 import { refreshTokenPattern, successorOf } from "./refresh-tokens.js";
-import { checkIdentifier, cleanFreeText } from "./text-rules.js";
+import { cutToCharacters, isIdentifier } from "./text-rules.js";
 
 export interface SessionServiceDeps {
   sessions: SessionStore;
@@ -23,9 +22,17 @@ export interface SessionServiceDeps {
 }
 
 /**
- * A filter the caller left out is undefined. One that is present must say something: an empty
- * `user_id` is refused, never read as "every user" (a caller whose variable was empty would
- * otherwise list, or revoke, the whole tenant).
+ * What a request may hold is declared on its proto fields (buf.validate: lengths, limits, formats,
+ * required fields, enum values, text rules) and checked by the request pipeline before the service
+ * is called (src/transport/validation.ts), for every protocol. The service decides what those rules
+ * cannot: defaults (20 rows, active sessions, role member), values it cuts or normalizes (user
+ * agents, country codes), and answers other than invalid_request: a cursor, session id or refresh
+ * token it did not issue, and a token that is merely invalid.
+ */
+
+/**
+ * A filter the caller left out is undefined. One that is present says something (validated: never
+ * empty, so never read as "every user").
  */
 export interface ListInput {
   userId?: string | undefined;
@@ -34,12 +41,8 @@ export interface ListInput {
   cursor?: string | undefined;
 }
 
-export interface RevokeAllInput {
-  userId?: string | undefined;
-  exceptSessionId?: string | undefined;
-  /** Every user's sessions: must be said explicitly, never inferred from a missing user id. */
-  isAllUsers: boolean;
-}
+/** Whose sessions to revoke: one user's, or every user's, which must be said explicitly, never inferred from a missing user id. */
+export type RevokeAllInput = ({ userId: string } | { isAllUsers: true }) & { exceptSessionId?: string | undefined };
 
 export interface CreateInput {
   userId: string;
@@ -75,15 +78,17 @@ export type VerifyResult =
 
 export type VerifyErrorCode = "token_expired" | "invalid_token" | "session_revoked" | "session_expired" | "tenant_mismatch";
 
-/** Longer than any token we issue; anything longer is rejected before it is parsed. */
+/**
+ * Longer than any token we issue; anything longer is rejected before it is parsed. Not a rule in the
+ * proto: such a token is an invalid token (valid=false, invalid_token), not an invalid request.
+ */
 export const maxAccessTokenLength = 4096;
 
 const defaultLimit = 20;
-const maxLimit = 100;
-/** Longest user id and org id, and role, in characters. */
+/** The longest user id and org id, and role, in characters: the max_len the proto declares on create's fields, here for the claims of tokens. */
 const maxIdCharacters = 255;
 const maxRoleCharacters = 64;
-/** User agents are kept to this many characters; longer ones are cut, not refused. */
+/** User agents are kept to this many characters; longer ones are cut, not refused (a cut is no rule protovalidate can declare). */
 const maxUserAgentCharacters = 1024;
 
 export type SessionService = ReturnType<typeof createSessionService>;
@@ -98,14 +103,7 @@ function hasSessionClaims(claims: AccessTokenClaims): boolean {
   const { sub, sid, tenant_id, jti, role, org_id, mfa_verified } = claims as Record<string, unknown>;
   if (typeof sid !== "string" || typeof tenant_id !== "string" || typeof jti !== "string" || typeof mfa_verified !== "boolean") return false;
   if (typeof sub !== "string" || typeof role !== "string" || (org_id !== undefined && typeof org_id !== "string")) return false;
-  try {
-    checkIdentifier("sub", sub, maxIdCharacters);
-    checkIdentifier("role", role, maxRoleCharacters);
-    if (org_id !== undefined) checkIdentifier("org_id", org_id, maxIdCharacters);
-    return true;
-  } catch {
-    return false;
-  }
+  return isIdentifier(sub, maxIdCharacters) && isIdentifier(role, maxRoleCharacters) && (org_id === undefined || isIdentifier(org_id, maxIdCharacters));
 }
 
 export function createSessionService({ sessions, keys, clock, cursorKey, refreshTokenKey, policies }: SessionServiceDeps) {
@@ -132,14 +130,10 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
   return {
     async list(tenantId: string, input: ListInput) {
       const limit = input.limit ?? defaultLimit;
-      if (!Number.isInteger(limit) || limit < 1 || limit > maxLimit) {
-        throw new AppError("invalid_request", `limit must be between 1 and ${maxLimit}`, "limit");
-      }
       const status = input.status ?? "active";
-      const userId = input.userId === undefined ? undefined : checkIdentifier("user_id", input.userId, maxIdCharacters);
+      const { userId } = input;
       // The user id is bound with a marker, so "no filter" and any user id can never share a cursor.
       const binding = [tenantId, userId === undefined ? "*" : `=${userId}`, status];
-      if (input.cursor === "") throw new AppError("invalid_request", "cursor must not be empty; leave it out for the first page", "cursor");
       const after = input.cursor === undefined ? undefined : decodeCursor(cursorKey, binding, input.cursor);
       const rows = await sessions.listSessions(tenantId, { userId, status, now: clock.now(), after, limit: limit + 1 });
       const page = rows.slice(0, limit);
@@ -154,6 +148,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
     },
 
     async get(tenantId: string, id: string): Promise<Session> {
+      // A malformed id is no session's id: 404 like any missing one, so not a format rule in the proto.
       const session = idPatterns.session.test(id) ? await sessions.getSession(tenantId, id) : null;
       if (session === null) throw sessionNotFound();
       return session;
@@ -172,25 +167,14 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
 
     /** Revokes every active session of one user, or of every user of the tenant (`isAllUsers`). */
     async revokeAll(tenantId: string, filter: RevokeAllInput, by: string | null): Promise<number> {
-      const { exceptSessionId, isAllUsers } = filter;
-      if (isAllUsers && filter.userId !== undefined) {
-        throw new AppError("invalid_request", "give user_id or all_users, not both", "all_users");
-      }
-      if (!isAllUsers && filter.userId === undefined) {
-        throw new AppError("invalid_request", "say whose sessions to revoke: user_id, or all_users to revoke every user's", "user_id");
-      }
-      if (exceptSessionId !== undefined && !idPatterns.session.test(exceptSessionId)) {
-        throw new AppError("invalid_request", "except_session_id must be a session id", "except_session_id");
-      }
       return sessions.revokeSessions(
         tenantId,
-        { userId: filter.userId === undefined ? undefined : checkIdentifier("user_id", filter.userId, maxIdCharacters), exceptSessionId },
+        { userId: "isAllUsers" in filter ? undefined : filter.userId, exceptSessionId: filter.exceptSessionId },
         { now: wholeSeconds(clock.now()), reason: "revoked_all", by },
       );
     },
 
     async verify(tenantId: string, token: string): Promise<VerifyResult> {
-      if (token === "") throw new AppError("invalid_request", "token is required", "token");
       if (token.length > maxAccessTokenLength) return { valid: false, code: "invalid_token", message: "the access token is invalid" };
       const check = await keys.verify(token);
       if (!check.ok) return { valid: false, code: check.code, message: check.message };
@@ -218,18 +202,12 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
     },
 
     async create(tenantId: string, input: CreateInput): Promise<TokenPair> {
-      if (input.userId === "") throw new AppError("invalid_request", "user_id is required", "user_id");
-      const userId = checkIdentifier("user_id", input.userId, maxIdCharacters);
-      const role = input.role === "" ? "member" : checkIdentifier("role", input.role, maxRoleCharacters);
-      const orgId = input.orgId === undefined || input.orgId === "" ? null : checkIdentifier("org_id", input.orgId, maxIdCharacters);
-      const userAgent = cleanFreeText("user_agent", input.userAgent, maxUserAgentCharacters);
-      if (input.ipAddress !== "" && isIP(input.ipAddress) === 0) {
-        throw new AppError("invalid_request", "ip_address must be an IPv4 or IPv6 address", "ip_address");
-      }
+      const { userId } = input;
+      const role = input.role === "" ? "member" : input.role;
+      const orgId = input.orgId === undefined || input.orgId === "" ? null : input.orgId;
+      const userAgent = cutToCharacters(input.userAgent, maxUserAgentCharacters);
+      // Two letters, either case (validated); stored as ISO 3166-1 writes them.
       const country = input.country.toUpperCase();
-      if (country !== "" && !/^[A-Z]{2}$/.test(country)) {
-        throw new AppError("invalid_request", "country must be an ISO 3166-1 alpha-2 code", "country");
-      }
       const policy = await policies.policyFor(tenantId);
       const now = wholeSeconds(clock.now());
       const session: Session = {
@@ -260,7 +238,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
      * successor, derived from it (refresh-tokens.ts): a retry within grace gets the same one.
      */
     async refresh(tenantId: string, refreshToken: string): Promise<TokenPair & { expiresInSeconds: number }> {
-      if (refreshToken === "") throw new AppError("invalid_request", "refresh_token is required", "refresh_token");
+      // Not a format rule in the proto: a token we never issued is refresh_token_invalid (401), like an unknown one.
       if (!refreshTokenPattern.test(refreshToken)) {
         throw new AppError("refresh_token_invalid", "the refresh token is invalid");
       }

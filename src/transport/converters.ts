@@ -66,32 +66,25 @@ export function toProtoSession(session: Session, now: Date): MessageInitShape<ty
   };
 }
 
-/** Unspecified (0) and unknown numbers map to undefined: the domain applies its default. */
-export function fromProtoStatus(status: ProtoSessionStatus): SessionStatus | undefined {
-  return statusFromProtoTable.get(status);
-}
-
-/** A status filter the caller gave: it must name a status (an explicit "unspecified" is refused). */
-export function statusFilterFromProto(status: ProtoSessionStatus | undefined): SessionStatus | undefined {
-  if (status === undefined) return undefined;
-  const known = fromProtoStatus(status);
-  if (known === undefined) throw new AppError("invalid_request", "status must be one of active, expired, revoked", "status");
-  return known;
+/**
+ * Unspecified (0), unknown numbers and undefined map to undefined: the domain applies its default. (A
+ * status filter that is present names a status: the proto's rules refuse 0 and unknown numbers.)
+ */
+export function fromProtoStatus(status: ProtoSessionStatus | undefined): SessionStatus | undefined {
+  return status === undefined ? undefined : statusFromProtoTable.get(status);
 }
 
 export function fromProtoDeviceType(deviceType: ProtoDeviceType): DeviceType | undefined {
   return deviceTypeFromProtoTable.get(deviceType);
 }
 
-/** The valid range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. */
-const minTimestampSeconds = -62_135_596_800n;
-const maxTimestampSeconds = 253_402_300_799n;
-
-/** A Timestamp the caller sent, as a Date; invalid_request naming `field` when outside its valid range. */
+/**
+ * A Timestamp the caller sent, as a Date. Its seconds are within the Timestamp range by the proto's
+ * rules (timestamp gte/lte); its nanos are checked here, because protovalidate compares instants
+ * and lets nanos outside 0 to 999,999,999 through (only binary protobuf can carry them).
+ */
 export function timeFromProto(ts: Timestamp, field: string): Date {
-  if (ts.seconds < minTimestampSeconds || ts.seconds > maxTimestampSeconds || ts.nanos < 0 || ts.nanos > 999_999_999) {
-    throw new AppError("invalid_request", `${field} must be a valid timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)`, field);
-  }
+  if (ts.nanos < 0 || ts.nanos > 999_999_999) throw new AppError("invalid_request", `${field} must have nanos from 0 to 999999999`, field);
   return timestampDate(ts);
 }
 

@@ -1,7 +1,9 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, type BadRequest_FieldViolationSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AppError, type ErrorCode, isErrorCode } from "../domain/errors.js";
 import { errorTable } from "./error-table.js";
+import { InvalidRequestError } from "./validation.js";
 
 export { errorTable };
 
@@ -42,14 +44,26 @@ export function toPublicError(err: unknown): PublicError & { cause?: unknown } {
   return { code: "internal", message: genericInternal, status: 500, cause: err };
 }
 
-/** Turns anything thrown into a ConnectError with a google.rpc.ErrorInfo detail. */
+/**
+ * Turns anything thrown into a ConnectError with a google.rpc.ErrorInfo detail (reason: our code)
+ * and, when it is INVALID_ARGUMENT about request fields, a google.rpc.BadRequest detail: a field
+ * violation for every rule the request broke (reason: the rule's id in upper snake case,
+ * `string.max_len` → STRING_MAX_LEN), or for the one field the error names.
+ */
 export function toConnectError(err: unknown): ConnectError {
   const pub = toPublicError(err);
+  const { code } = errorTable[pub.code];
   const metadata: Record<string, string> = {};
   if (pub.field !== undefined) metadata.field = pub.field;
-  return new ConnectError(pub.message, errorTable[pub.code].code, undefined, [
-    { desc: ErrorInfoSchema, value: { reason: pub.code, domain: errorDomain, metadata } },
-  ]);
+  const errorInfo = { desc: ErrorInfoSchema, value: { reason: pub.code, domain: errorDomain, metadata } };
+  const violations: MessageInitShape<typeof BadRequest_FieldViolationSchema>[] =
+    err instanceof InvalidRequestError
+      ? err.violations.map((v) => ({ field: v.field, description: v.message, reason: v.rule.toUpperCase().replace(/[^A-Z0-9]+/g, "_") }))
+      : pub.field !== undefined && code === Code.InvalidArgument
+        ? [{ field: pub.field, description: pub.message }]
+        : [];
+  const badRequest = { desc: BadRequestSchema, value: { fieldViolations: violations } };
+  return new ConnectError(pub.message, code, undefined, violations.length > 0 ? [errorInfo, badRequest] : [errorInfo]);
 }
 
 function codeFromConnect(code: Code): ErrorCode {

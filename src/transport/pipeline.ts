@@ -8,6 +8,7 @@ import { throwIfCancelled, withCall, type CancelSignal } from "../domain/call-co
 import { AppError } from "../domain/errors.js";
 import type { Metrics } from "./metrics.js";
 import { tierOf, type RateLimits, type Tier } from "./rate-limits.js";
+import { createRequestValidator } from "./validation.js";
 
 /** The protocols that carry unary calls, each with its own adapter (REST, gRPC, gRPC-Web, Connect). */
 export type Protocol = "rest" | "grpc" | "grpcweb" | "connect";
@@ -96,12 +97,15 @@ const retryAfterUnavailableSeconds = 1;
 /**
  * The one request pipeline, the same for every protocol: metrics, rate limits (per IP for public
  * RPCs and for failed authentications, per tenant after authentication), authentication (secret
- * key + X-Tenant-ID, or the tenant header alone for RPCs marked `is_public`), no-store headers for
- * RPCs marked `no_store`, the client's deadline and cancellation for all of it, authentication
- * included, and one error mapping. Streaming RPCs go through the same steps before their first
- * message. Returns the RPCs by their path (`/pkg.Service/Method`).
+ * key + X-Tenant-ID, or the tenant header alone for RPCs marked `is_public`), validation of the
+ * request against the rules its proto declares (protovalidate: invalid_request with every field
+ * violation), no-store headers for RPCs marked `no_store`, the client's deadline and cancellation
+ * for all of it, authentication included, and one error mapping. Streaming RPCs go through the
+ * same steps before their first message. Returns the RPCs by their path (`/pkg.Service/Method`).
  */
 export function createPipeline<S extends DescService>(service: S, handlers: Handlers<S>, deps: PipelineDeps): Pipeline {
+  // Built once, with every request message's rules compiled now, not on a first call.
+  const validator = createRequestValidator(service.methods.map((method) => method.input));
   async function authenticate(info: CallInfo): Promise<Caller> {
     try {
       return await deps.authenticator.authenticate(info.header("authorization"), info.header("x-tenant-id"), (isRecentlyValid) =>
@@ -118,11 +122,16 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
     return { tenantId: requireTenantId(info.header("x-tenant-id")), keyId: null };
   }
 
-  /** The caller, authenticated and within its limits, before anything else the call does. */
-  async function admit({ isPublic, tier }: Admission, info: CallInfo): Promise<Caller> {
+  /**
+   * The caller, authenticated and within its limits, and its request valid, before anything else
+   * the call does. Validation comes after authentication, so a caller without a key learns nothing
+   * from it, and an invalid request counts against the caller's limits like any other.
+   */
+  async function admit({ isPublic, tier }: Admission, method: DescMethod, request: Message, info: CallInfo): Promise<Caller> {
     throwIfCancelled();
     const caller = isPublic ? await publicCaller(info) : await authenticate(info);
     await deps.rateLimits.checkTenant(info, tier, caller.tenantId);
+    validator.check(method.input, request);
     throwIfCancelled();
     return caller;
   }
@@ -153,7 +162,7 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
           try {
             // The deadline and cancellation cover the start; the stream then runs until the client leaves.
             messages = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
-              const caller = await admit(admission, info);
+              const caller = await admit(admission, method, request, info);
               return handler(request, { ...info, method, caller });
             });
           } catch (err) {
@@ -201,7 +210,7 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
         if (isNoStore) info.responseHeaders.set("cache-control", "no-store").set("pragma", "no-cache");
         try {
           const response = await withCall({ timeoutMs: info.timeoutMs, signal: info.signal }, async () => {
-            const caller = await admit(admission, info);
+            const caller = await admit(admission, method, request, info);
             const response = await handler(request, { ...info, method, caller });
             // An answer after the deadline is not one the client waits for: it gets the error instead.
             throwIfCancelled();

@@ -91,7 +91,7 @@ function restValue(field: DescField, value: JsonValue | undefined): JsonValue {
   if (value === undefined || value === null) return null;
   const { enum: desc, message } = field;
   return mapElements(field, value, (element) => {
-    if (desc && typeof element === "string") return element === desc.value[0]?.name ? null : shortName(desc, element);
+    if (desc && typeof element === "string") return element === desc.value[0]?.name ? null : enumShortName(desc, element);
     return message && !hasOwnJsonForm(message) ? restObject(message, element as JsonObject) : element;
   });
 }
@@ -125,7 +125,7 @@ function protoElement(field: DescField, value: JsonValue, name: string): JsonVal
   const { enum: desc } = field;
   if (desc) {
     const wanted = typeof value === "string" ? value.toLowerCase() : undefined;
-    const match = desc.values.find((v) => v.name.toLowerCase() === wanted || shortName(desc, v.name) === wanted);
+    const match = desc.values.find((v) => v.name.toLowerCase() === wanted || enumShortName(desc, v.name) === wanted);
     if (!match) throw invalid(name, `invalid value for field "${name}" (expected ${typeName(field)})`);
     return match.name;
   }
@@ -148,7 +148,8 @@ function mapElements(field: DescField, value: JsonValue, fn: (element: JsonValue
   }
 }
 
-function shortName(desc: DescEnum, name: string): string {
+/** An enum value as REST JSON writes it: lower-case, without the prefix its values share (`SESSION_STATUS_ACTIVE` → `active`). */
+export function enumShortName(desc: DescEnum, name: string): string {
   return name.toLowerCase().slice(desc.sharedPrefix?.length ?? 0);
 }
 
@@ -158,7 +159,7 @@ function typeName(field: DescField): string {
     scalar !== undefined
       ? ScalarType[scalar].toLowerCase()
       : desc
-        ? `one of ${desc.values.filter((v) => v.number !== 0).map((v) => shortName(desc, v.name)).join(", ")}`
+        ? `one of ${desc.values.filter((v) => v.number !== 0).map((v) => enumShortName(desc, v.name)).join(", ")}`
         : message?.typeName;
   return field.fieldKind === "list" ? `a list of ${element}` : field.fieldKind === "map" ? `a map of ${element}` : element;
 }
@@ -252,7 +253,7 @@ function elementEncoder(field: DescField): Encode {
   if (field.message) return messageEncoder(field.message);
   const desc = field.enum;
   if (desc) {
-    const names = new Map(desc.values.map((v) => [v.number, v.number === 0 ? "null" : JSON.stringify(shortName(desc, v.name))]));
+    const names = new Map(desc.values.map((v) => [v.number, v.number === 0 ? "null" : JSON.stringify(enumShortName(desc, v.name))]));
     return (n) => names.get(n as number) ?? String(n);
   }
   switch (field.scalar) {

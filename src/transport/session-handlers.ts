@@ -4,7 +4,7 @@ import { WatchSessionEventsResponseSchema, type SessionService as SessionService
 import type { Clock } from "../domain/clock.js";
 import { encodeEventCursor, feedStart, type EventFeed, type FeedItem, type SessionEvent } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
-import { fromProtoDeviceType, statusFilterFromProto, timeFromProto, toProtoEvent, toProtoSession } from "./converters.js";
+import { fromProtoDeviceType, fromProtoStatus, timeFromProto, toProtoEvent, toProtoSession } from "./converters.js";
 import type { Metrics } from "./metrics.js";
 import type { Handlers } from "./pipeline.js";
 
@@ -49,7 +49,7 @@ export function createSessionHandlers(
     async listSessions(req, { caller }) {
       const page = await service.list(caller.tenantId, {
         userId: req.userId,
-        status: statusFilterFromProto(req.status),
+        status: fromProtoStatus(req.status),
         limit: req.limit,
         cursor: req.cursor,
       });
@@ -71,7 +71,10 @@ export function createSessionHandlers(
     },
 
     async revokeSessions(req, { caller: { tenantId, keyId } }) {
-      const revoked = await service.revokeAll(tenantId, { userId: req.userId, exceptSessionId: req.exceptSessionId, isAllUsers: req.allUsers }, keyId);
+      // The proto's rules let exactly one of user_id and all_users through; were neither given, the
+      // empty user id would match no session, never every user's.
+      const target = req.allUsers ? { isAllUsers: true as const } : { userId: req.userId ?? "" };
+      const revoked = await service.revokeAll(tenantId, { ...target, exceptSessionId: req.exceptSessionId }, keyId);
       return { revoked };
     },
 

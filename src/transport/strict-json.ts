@@ -3,9 +3,11 @@ import { AppError } from "../domain/errors.js";
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
- * Reads a JSON request body strictly: the bytes must be UTF-8 (no silent U+FFFD for bad bytes), and
- * no object may name a key twice, at any depth (JSON.parse keeps the last one, so `{"user_id": "a",
- * "user_id": "b"}` would mean whatever the parser happens to do; other parsers keep the first).
+ * Reads a JSON request body strictly: the bytes must be UTF-8 (no silent U+FFFD for bad bytes), no
+ * string may escape a lone surrogate (`"\udc00"`: a protobuf string is UTF-8, which cannot hold one,
+ * and binary protobuf refuses it too), and no object may name a key twice, at any depth (JSON.parse
+ * keeps the last one, so `{"user_id": "a", "user_id": "b"}` would mean whatever the parser happens
+ * to do; other parsers keep the first).
  */
 export function parseStrictJson(body: Buffer): unknown {
   let text: string;
@@ -22,7 +24,23 @@ export function parseStrictJson(body: Buffer): unknown {
   }
   const duplicate = findDuplicateKey(text);
   if (duplicate !== undefined) throw new AppError("invalid_request", `the key "${duplicate}" appears twice in one object`, duplicate);
+  // Text that is UTF-8 can only spell a lone surrogate with a \u escape: most bodies are not walked.
+  const illFormed = text.includes("\\u") ? illFormedStringAt(value, "") : undefined;
+  if (illFormed !== undefined) throw new AppError("invalid_request", `${illFormed || "the request body"} is not well-formed Unicode (a lone surrogate)`, illFormed || undefined);
   return value;
+}
+
+/** Where in `value` a string (a key or a value) is not well-formed Unicode: its path ("" for the top), or undefined. */
+function illFormedStringAt(value: unknown, path: string): string | undefined {
+  if (typeof value === "string") return value.isWellFormed() ? undefined : path;
+  if (typeof value !== "object" || value === null) return undefined;
+  for (const [key, element] of Object.entries(value)) {
+    const at = Array.isArray(value) ? `${path}[${key}]` : path ? `${path}.${key}` : key;
+    if (!key.isWellFormed()) return at;
+    const found = illFormedStringAt(element, at);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
 /**

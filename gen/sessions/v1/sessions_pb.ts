@@ -4,20 +4,24 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../buf/validate/validate_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
+import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_sessions_v1_options } from "./options_pb.js";
+import { file_sessions_v1_rules } from "./rules_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file sessions/v1/sessions.proto.
  */
 export const file_sessions_v1_sessions: GenFile = /*@__PURE__*/
-  fileDesc("ChpzZXNzaW9ucy92MS9zZXNzaW9ucy5wcm90bxILc2Vzc2lvbnMudjEirgQKB1Nlc3Npb24SCgoCaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSKgoGc3RhdHVzGAQgASgOMhouc2Vzc2lvbnMudjEuU2Vzc2lvblN0YXR1cxISCgp1c2VyX2FnZW50GAUgASgJEhIKCmlwX2FkZHJlc3MYBiABKAkSDwoHY291bnRyeRgHIAEoCRIsCgtkZXZpY2VfdHlwZRgIIAEoDjIXLnNlc3Npb25zLnYxLkRldmljZVR5cGUSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9hY3RpdmVfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHJvbGUYDCABKAkSEwoGb3JnX2lkGA0gASgJSACIAQESFAoMbWZhX3ZlcmlmaWVkGA4gASgIEi4KCnJldm9rZWRfYXQYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDXJldm9rZV9yZWFzb24YECABKA4yGS5zZXNzaW9ucy52MS5SZXZva2VSZWFzb24SFwoKcmV2b2tlZF9ieRgRIAEoCUgBiAEBQgkKB19vcmdfaWRCDQoLX3Jldm9rZWRfYnkisQEKE0xpc3RTZXNzaW9uc1JlcXVlc3QSFAoHdXNlcl9pZBgBIAEoCUgAiAEBEi8KBnN0YXR1cxgCIAEoDjIaLnNlc3Npb25zLnYxLlNlc3Npb25TdGF0dXNIAYgBARISCgVsaW1pdBgDIAEoBUgCiAEBEhMKBmN1cnNvchgEIAEoCUgDiAEBQgoKCF91c2VyX2lkQgkKB19zdGF0dXNCCAoGX2xpbWl0QgkKB19jdXJzb3IiZwoUTGlzdFNlc3Npb25zUmVzcG9uc2USIgoEZGF0YRgBIAMoCzIULnNlc3Npb25zLnYxLlNlc3Npb24SKwoKcGFnaW5hdGlvbhgCIAEoCzIXLnNlc3Npb25zLnYxLlBhZ2luYXRpb24iVwoKUGFnaW5hdGlvbhINCgVsaW1pdBgBIAEoBRIQCghoYXNfbW9yZRgCIAEoCBIYCgtuZXh0X2N1cnNvchgDIAEoCUgAiAEBQg4KDF9uZXh0X2N1cnNvciIfChFHZXRTZXNzaW9uUmVxdWVzdBIKCgJpZBgBIAEoCSI7ChJHZXRTZXNzaW9uUmVzcG9uc2USJQoHc2Vzc2lvbhgBIAEoCzIULnNlc3Npb25zLnYxLlNlc3Npb24iIgoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCgoCaWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIo8BChVSZXZva2VTZXNzaW9uc1JlcXVlc3QSFAoHdXNlcl9pZBgBIAEoCUgAiAEBEh4KEWV4Y2VwdF9zZXNzaW9uX2lkGAIgASgJSAGIAQESHgoJYWxsX3VzZXJzGAMgASgIQgvStRgHdXNlcl9pZEIKCghfdXNlcl9pZEIUChJfZXhjZXB0X3Nlc3Npb25faWQiKQoWUmV2b2tlU2Vzc2lvbnNSZXNwb25zZRIPCgdyZXZva2VkGAEgASgFIiMKElZlcmlmeVRva2VuUmVxdWVzdBINCgV0b2tlbhgBIAEoCSLVAgoTVmVyaWZ5VG9rZW5SZXNwb25zZRINCgV2YWxpZBgBIAEoCBIXCgpzZXNzaW9uX2lkGAIgASgJSACIAQESFAoHdXNlcl9pZBgDIAEoCUgBiAEBEhYKCXRlbmFudF9pZBgEIAEoCUgCiAEBEhEKBHJvbGUYBSABKAlIA4gBARITCgZvcmdfaWQYBiABKAlIBIgBARIZCgxtZmFfdmVyaWZpZWQYByABKAhIBYgBARIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVlcnJvchgJIAEoCzIYLnNlc3Npb25zLnYxLlZlcmlmeUVycm9yQg0KC19zZXNzaW9uX2lkQgoKCF91c2VyX2lkQgwKCl90ZW5hbnRfaWRCBwoFX3JvbGVCCQoHX29yZ19pZEIPCg1fbWZhX3ZlcmlmaWVkIiwKC1ZlcmlmeUVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSLSAQoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgp1c2VyX2FnZW50GAIgASgJEhIKCmlwX2FkZHJlc3MYAyABKAkSDwoHY291bnRyeRgEIAEoCRIsCgtkZXZpY2VfdHlwZRgFIAEoDjIXLnNlc3Npb25zLnYxLkRldmljZVR5cGUSDAoEcm9sZRgGIAEoCRITCgZvcmdfaWQYByABKAlIAIgBARIUCgxtZmFfdmVyaWZpZWQYCCABKAhCCQoHX29yZ19pZCLmAQoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIi4KFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIvwBChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSEgoKdG9rZW5fdHlwZRgEIAEoCRISCgpleHBpcmVzX2luGAUgASgFEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKGVdhdGNoU2Vzc2lvbkV2ZW50c1JlcXVlc3QSDQoFYWZ0ZXIYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp0CChpXYXRjaFNlc3Npb25FdmVudHNSZXNwb25zZRIOCgZjdXJzb3IYASABKAkSDAoEdHlwZRgCIAEoCRIXCgpzZXNzaW9uX2lkGAMgASgJSACIAQESFAoHdXNlcl9pZBgEIAEoCUgBiAEBEhMKBnJlYXNvbhgFIAEoCUgCiAEBEhcKCnJldm9rZWRfYnkYBiABKAlIA4gBARITCgZrZXlfaWQYByABKAlIBIgBARIvCgtvY2N1cnJlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDQoLX3Nlc3Npb25faWRCCgoIX3VzZXJfaWRCCQoHX3JlYXNvbkINCgtfcmV2b2tlZF9ieUIJCgdfa2V5X2lkKoIBCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESGgoWU0VTU0lPTl9TVEFUVVNfRVhQSVJFRBACEhoKFlNFU1NJT05fU1RBVFVTX1JFVk9LRUQQAyqgAQoKRGV2aWNlVHlwZRIbChdERVZJQ0VfVFlQRV9VTlNQRUNJRklFRBAAEhcKE0RFVklDRV9UWVBFX0RFU0tUT1AQARIWChJERVZJQ0VfVFlQRV9NT0JJTEUQAhIWChJERVZJQ0VfVFlQRV9UQUJMRVQQAxITCg9ERVZJQ0VfVFlQRV9CT1QQBBIXChNERVZJQ0VfVFlQRV9VTktOT1dOEAUq6gEKDFJldm9rZVJlYXNvbhIdChlSRVZPS0VfUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVWT0tFX1JFQVNPTl9SRVZPS0VEEAESHQoZUkVWT0tFX1JFQVNPTl9SRVZPS0VEX0FMTBACEiUKIVJFVk9LRV9SRUFTT05fUkVGUkVTSF9UT0tFTl9SRVVTRRADEh8KG1JFVk9LRV9SRUFTT05fU0VTU0lPTl9MSU1JVBAEEh4KGlJFVk9LRV9SRUFTT05fSURMRV9USU1FT1VUEAUSGQoVUkVWT0tFX1JFQVNPTl9FWFBJUkVEEAYy3gcKDlNlc3Npb25TZXJ2aWNlEmwKDExpc3RTZXNzaW9ucxIgLnNlc3Npb25zLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaIS5zZXNzaW9ucy52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZSIXkAIBgtPkkwIOEgwvdjEvc2Vzc2lvbnMSdAoKR2V0U2Vzc2lvbhIeLnNlc3Npb25zLnYxLkdldFNlc3Npb25SZXF1ZXN0Gh8uc2Vzc2lvbnMudjEuR2V0U2Vzc2lvblJlc3BvbnNlIiWQAgGC0+STAhxiB3Nlc3Npb24SES92MS9zZXNzaW9ucy97aWR9EnYKDVJldm9rZVNlc3Npb24SIS5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBoiLnNlc3Npb25zLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZSIeiLUYzAGC0+STAhMqES92MS9zZXNzaW9ucy97aWR9Em8KDlJldm9rZVNlc3Npb25zEiIuc2Vzc2lvbnMudjEuUmV2b2tlU2Vzc2lvbnNSZXF1ZXN0GiMuc2Vzc2lvbnMudjEuUmV2b2tlU2Vzc2lvbnNSZXNwb25zZSIUgtPkkwIOKgwvdjEvc2Vzc2lvbnMSdAoLVmVyaWZ5VG9rZW4SHy5zZXNzaW9ucy52MS5WZXJpZnlUb2tlblJlcXVlc3QaIC5zZXNzaW9ucy52MS5WZXJpZnlUb2tlblJlc3BvbnNlIiKgtRgBgtPkkwIYOgEqIhMvdjEvc2Vzc2lvbnMvdmVyaWZ5EngKDUNyZWF0ZVNlc3Npb24SIS5zZXNzaW9ucy52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBoiLnNlc3Npb25zLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZSIgiLUYyQGYtRgBgtPkkwIROgEqIgwvdjEvc2Vzc2lvbnMShAEKDlJlZnJlc2hTZXNzaW9uEiIuc2Vzc2lvbnMudjEuUmVmcmVzaFNlc3Npb25SZXF1ZXN0GiMuc2Vzc2lvbnMudjEuUmVmcmVzaFNlc3Npb25SZXNwb25zZSIpkLUYAZi1GAGC0+STAhs6ASoiFi92MS9hdXRoL3Rva2VuL3JlZnJlc2gShwEKEldhdGNoU2Vzc2lvbkV2ZW50cxImLnNlc3Npb25zLnYxLldhdGNoU2Vzc2lvbkV2ZW50c1JlcXVlc3QaJy5zZXNzaW9ucy52MS5XYXRjaFNlc3Npb25FdmVudHNSZXNwb25zZSIekAIBgtPkkwIVEhMvdjEvc2Vzc2lvbnMvZXZlbnRzMAFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp, file_sessions_v1_options]);
+  fileDesc("ChpzZXNzaW9ucy92MS9zZXNzaW9ucy5wcm90bxILc2Vzc2lvbnMudjEigwUKB1Nlc3Npb24SDwoCaWQYASABKAlCA+BBAxIUCgd1c2VyX2lkGAIgASgJQgPgQQUSFgoJdGVuYW50X2lkGAMgASgJQgPgQQMSLwoGc3RhdHVzGAQgASgOMhouc2Vzc2lvbnMudjEuU2Vzc2lvblN0YXR1c0ID4EEDEhcKCnVzZXJfYWdlbnQYBSABKAlCA+BBBRIXCgppcF9hZGRyZXNzGAYgASgJQgPgQQUSFAoHY291bnRyeRgHIAEoCUID4EEFEjEKC2RldmljZV90eXBlGAggASgOMhcuc2Vzc2lvbnMudjEuRGV2aWNlVHlwZUID4EEFEjMKCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSNwoObGFzdF9hY3RpdmVfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIRCgRyb2xlGAwgASgJQgPgQQUSGAoGb3JnX2lkGA0gASgJQgPgQQVIAIgBARIZCgxtZmFfdmVyaWZpZWQYDiABKAhCA+BBBRIzCgpyZXZva2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEID4EEDEjUKDXJldm9rZV9yZWFzb24YECABKA4yGS5zZXNzaW9ucy52MS5SZXZva2VSZWFzb25CA+BBAxIcCgpyZXZva2VkX2J5GBEgASgJQgPgQQNIAYgBAUIJCgdfb3JnX2lkQg0KC19yZXZva2VkX2J5IvEBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EisKB3VzZXJfaWQYASABKAlCFeBBAbpID3INoLYYAai2GAEQARj/AUgAiAEBEj4KBnN0YXR1cxgCIAEoDjIaLnNlc3Npb25zLnYxLlNlc3Npb25TdGF0dXNCDeBBAbpIB4IBBBABIABIAYgBARIgCgVsaW1pdBgDIAEoBUIM4EEBukgGGgQYZCgBSAKIAQESHwoGY3Vyc29yGAQgASgJQgrgQQG6SARyAhABSAOIAQFCCgoIX3VzZXJfaWRCCQoHX3N0YXR1c0IICgZfbGltaXRCCQoHX2N1cnNvciJnChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIiCgRkYXRhGAEgAygLMhQuc2Vzc2lvbnMudjEuU2Vzc2lvbhIrCgpwYWdpbmF0aW9uGAIgASgLMhcuc2Vzc2lvbnMudjEuUGFnaW5hdGlvbiJXCgpQYWdpbmF0aW9uEg0KBWxpbWl0GAEgASgFEhAKCGhhc19tb3JlGAIgASgIEhgKC25leHRfY3Vyc29yGAMgASgJSACIAQFCDgoMX25leHRfY3Vyc29yIioKEUdldFNlc3Npb25SZXF1ZXN0EhUKAmlkGAEgASgJQgngQQK6SAPIAQEiOwoSR2V0U2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uIi0KFFJldm9rZVNlc3Npb25SZXF1ZXN0EhUKAmlkGAEgASgJQgngQQK6SAPIAQEiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIu4BChVSZXZva2VTZXNzaW9uc1JlcXVlc3QSKwoHdXNlcl9pZBgBIAEoCUIV4EEBukgPcg2gthgBqLYYARABGP8BSACIAQESRgoRZXhjZXB0X3Nlc3Npb25faWQYAiABKAlCJuBBAbpIIHIeMhxec2VzX1swLTlBLUhKS01OUC1UVi1aXXsyNn0kSAGIAQESIQoJYWxsX3VzZXJzGAMgASgIQg7gQQHStRgHdXNlcl9pZDobukgYIhYKB3VzZXJfaWQKCWFsbF91c2VycxABQgoKCF91c2VyX2lkQhQKEl9leGNlcHRfc2Vzc2lvbl9pZCIpChZSZXZva2VTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKAUiLgoSVmVyaWZ5VG9rZW5SZXF1ZXN0EhgKBXRva2VuGAEgASgJQgngQQK6SAPIAQEi1QIKE1ZlcmlmeVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSFwoKc2Vzc2lvbl9pZBgCIAEoCUgAiAEBEhQKB3VzZXJfaWQYAyABKAlIAYgBARIWCgl0ZW5hbnRfaWQYBCABKAlIAogBARIRCgRyb2xlGAUgASgJSAOIAQESEwoGb3JnX2lkGAYgASgJSASIAQESGQoMbWZhX3ZlcmlmaWVkGAcgASgISAWIAQESLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoFZXJyb3IYCSABKAsyGC5zZXNzaW9ucy52MS5WZXJpZnlFcnJvckINCgtfc2Vzc2lvbl9pZEIKCghfdXNlcl9pZEIMCgpfdGVuYW50X2lkQgcKBV9yb2xlQgkKB19vcmdfaWRCDwoNX21mYV92ZXJpZmllZCIsCgtWZXJpZnlFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAki5AIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EicKB3VzZXJfaWQYASABKAlCFuBBArpIEMgBAXILoLYYAai2GAEY/wESIwoKdXNlcl9hZ2VudBgCIAEoCUIP4EEBukgJ2AEBcgSgthgBEiEKCmlwX2FkZHJlc3MYAyABKAlCDeBBAbpIB9gBAXICcAESKwoHY291bnRyeRgEIAEoCUIa4EEBukgU2AEBcg8yDV5bQS1aYS16XXsyfSQSOQoLZGV2aWNlX3R5cGUYBSABKA4yFy5zZXNzaW9ucy52MS5EZXZpY2VUeXBlQgvgQQG6SAWCAQIQARIjCgRyb2xlGAYgASgJQhXgQQG6SA/YAQFyCqC2GAGothgBGEASKAoGb3JnX2lkGAcgASgJQhPgQQG6SA1yC6C2GAGothgBGP8BSACIAQESGQoMbWZhX3ZlcmlmaWVkGAggASgIQgPgQQFCCQoHX29yZ19pZCLmAQoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjkKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIgCg1yZWZyZXNoX3Rva2VuGAEgASgJQgngQQK6SAPIAQEi/AEKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAUSOwoXYWNjZXNzX3Rva2VuX2V4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKGHJlZnJlc2hfdG9rZW5fZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilgEKGVdhdGNoU2Vzc2lvbkV2ZW50c1JlcXVlc3QSEgoFYWZ0ZXIYASABKAlCA+BBARJQCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCJeBBAbpIH7IBHCINCP+C0f+vBxD/k+vcAzILCICSuMOY/v///wE6E7pIECIOCgVhZnRlcgoFc2luY2UinQIKGldhdGNoU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlEg4KBmN1cnNvchgBIAEoCRIMCgR0eXBlGAIgASgJEhcKCnNlc3Npb25faWQYAyABKAlIAIgBARIUCgd1c2VyX2lkGAQgASgJSAGIAQESEwoGcmVhc29uGAUgASgJSAKIAQESFwoKcmV2b2tlZF9ieRgGIAEoCUgDiAEBEhMKBmtleV9pZBgHIAEoCUgEiAEBEi8KC29jY3VycmVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINCgtfc2Vzc2lvbl9pZEIKCghfdXNlcl9pZEIJCgdfcmVhc29uQg0KC19yZXZva2VkX2J5QgkKB19rZXlfaWQqggEKDVNlc3Npb25TdGF0dXMSHgoaU0VTU0lPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIZChVTRVNTSU9OX1NUQVRVU19BQ1RJVkUQARIaChZTRVNTSU9OX1NUQVRVU19FWFBJUkVEEAISGgoWU0VTU0lPTl9TVEFUVVNfUkVWT0tFRBADKqABCgpEZXZpY2VUeXBlEhsKF0RFVklDRV9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTREVWSUNFX1RZUEVfREVTS1RPUBABEhYKEkRFVklDRV9UWVBFX01PQklMRRACEhYKEkRFVklDRV9UWVBFX1RBQkxFVBADEhMKD0RFVklDRV9UWVBFX0JPVBAEEhcKE0RFVklDRV9UWVBFX1VOS05PV04QBSrqAQoMUmV2b2tlUmVhc29uEh0KGVJFVk9LRV9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVSRVZPS0VfUkVBU09OX1JFVk9LRUQQARIdChlSRVZPS0VfUkVBU09OX1JFVk9LRURfQUxMEAISJQohUkVWT0tFX1JFQVNPTl9SRUZSRVNIX1RPS0VOX1JFVVNFEAMSHwobUkVWT0tFX1JFQVNPTl9TRVNTSU9OX0xJTUlUEAQSHgoaUkVWT0tFX1JFQVNPTl9JRExFX1RJTUVPVVQQBRIZChVSRVZPS0VfUkVBU09OX0VYUElSRUQQBjLeBwoOU2Vzc2lvblNlcnZpY2USbAoMTGlzdFNlc3Npb25zEiAuc2Vzc2lvbnMudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLnNlc3Npb25zLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIheQAgGC0+STAg4SDC92MS9zZXNzaW9ucxJ0CgpHZXRTZXNzaW9uEh4uc2Vzc2lvbnMudjEuR2V0U2Vzc2lvblJlcXVlc3QaHy5zZXNzaW9ucy52MS5HZXRTZXNzaW9uUmVzcG9uc2UiJZACAYLT5JMCHGIHc2Vzc2lvbhIRL3YxL3Nlc3Npb25zL3tpZH0SdgoNUmV2b2tlU2Vzc2lvbhIhLnNlc3Npb25zLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiIuc2Vzc2lvbnMudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlIh6ItRjMAYLT5JMCEyoRL3YxL3Nlc3Npb25zL3tpZH0SbwoOUmV2b2tlU2Vzc2lvbnMSIi5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uc1JlcXVlc3QaIy5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uc1Jlc3BvbnNlIhSC0+STAg4qDC92MS9zZXNzaW9ucxJ0CgtWZXJpZnlUb2tlbhIfLnNlc3Npb25zLnYxLlZlcmlmeVRva2VuUmVxdWVzdBogLnNlc3Npb25zLnYxLlZlcmlmeVRva2VuUmVzcG9uc2UiIqC1GAGC0+STAhg6ASoiEy92MS9zZXNzaW9ucy92ZXJpZnkSeAoNQ3JlYXRlU2Vzc2lvbhIhLnNlc3Npb25zLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiIuc2Vzc2lvbnMudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlIiCItRjJAZi1GAGC0+STAhE6ASoiDC92MS9zZXNzaW9ucxKEAQoOUmVmcmVzaFNlc3Npb24SIi5zZXNzaW9ucy52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaIy5zZXNzaW9ucy52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlIimQtRgBmLUYAYLT5JMCGzoBKiIWL3YxL2F1dGgvdG9rZW4vcmVmcmVzaBKHAQoSV2F0Y2hTZXNzaW9uRXZlbnRzEiYuc2Vzc2lvbnMudjEuV2F0Y2hTZXNzaW9uRXZlbnRzUmVxdWVzdBonLnNlc3Npb25zLnYxLldhdGNoU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlIh6QAgGC0+STAhUSEy92MS9zZXNzaW9ucy9ldmVudHMwAWIGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_sessions_v1_options, file_sessions_v1_rules]);
 
 /**
- * Session is one signed-in user on one device.
+ * Session is one signed-in user on one device. The service sets every field: those that come from
+ * CreateSession never change afterwards (IMMUTABLE), the rest are the service's (OUTPUT_ONLY).
  *
  * @generated from message sessions.v1.Session
  */
@@ -156,7 +160,7 @@ export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
  */
 export type ListSessionsRequest = Message<"sessions.v1.ListSessionsRequest"> & {
   /**
-   * user_id, when present, lists only this user's sessions.
+   * user_id, when present, lists only this user's sessions: at most 255 characters.
    *
    * @generated from field: optional string user_id = 1;
    */
@@ -178,7 +182,8 @@ export type ListSessionsRequest = Message<"sessions.v1.ListSessionsRequest"> & {
   limit?: number | undefined;
 
   /**
-   * cursor continues a listing from a previous page's next_cursor, with the same filters.
+   * cursor continues a listing from a previous page's next_cursor, with the same filters. It is
+   * opaque: one the service did not issue for these filters is INVALID_ARGUMENT (invalid_cursor).
    *
    * @generated from field: optional string cursor = 4;
    */
@@ -262,7 +267,8 @@ export const PaginationSchema: GenMessage<Pagination> = /*@__PURE__*/
  */
 export type GetSessionRequest = Message<"sessions.v1.GetSessionRequest"> & {
   /**
-   * id is the session id.
+   * id is the session id. One that is no session's id (malformed, unknown, another tenant's) is
+   * NOT_FOUND (session_not_found).
    *
    * @generated from field: string id = 1;
    */
@@ -304,7 +310,8 @@ export const GetSessionResponseSchema: GenMessage<GetSessionResponse> = /*@__PUR
  */
 export type RevokeSessionRequest = Message<"sessions.v1.RevokeSessionRequest"> & {
   /**
-   * id is the session id.
+   * id is the session id. One that is no session's id (malformed, unknown, another tenant's) is
+   * NOT_FOUND (session_not_found).
    *
    * @generated from field: string id = 1;
    */
@@ -334,14 +341,14 @@ export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*
   messageDesc(file_sessions_v1_sessions, 7);
 
 /**
- * RevokeSessionsRequest selects the sessions to revoke: one user's, or every user's. A field that
- * is present must not be empty.
+ * RevokeSessionsRequest selects the sessions to revoke: one user's, or every user's. Exactly one
+ * of user_id and all_users must be given. A field that is present must not be empty.
  *
  * @generated from message sessions.v1.RevokeSessionsRequest
  */
 export type RevokeSessionsRequest = Message<"sessions.v1.RevokeSessionsRequest"> & {
   /**
-   * user_id revokes only this user's sessions.
+   * user_id revokes only this user's sessions: at most 255 characters.
    *
    * @generated from field: optional string user_id = 1;
    */
@@ -399,7 +406,8 @@ export const RevokeSessionsResponseSchema: GenMessage<RevokeSessionsResponse> = 
  */
 export type VerifyTokenRequest = Message<"sessions.v1.VerifyTokenRequest"> & {
   /**
-   * token is the JWT access token.
+   * token is the JWT access token. Any non-empty value is verified: one that is not a token we
+   * issued, or longer than 4096 characters, is valid=false (invalid_token), not an error.
    *
    * @generated from field: string token = 1;
    */
@@ -525,28 +533,28 @@ export const VerifyErrorSchema: GenMessage<VerifyError> = /*@__PURE__*/
  */
 export type CreateSessionRequest = Message<"sessions.v1.CreateSessionRequest"> & {
   /**
-   * user_id is the tenant's id for the user; required.
+   * user_id is the tenant's id for the user: at most 255 characters.
    *
    * @generated from field: string user_id = 1;
    */
   userId: string;
 
   /**
-   * user_agent is the client's User-Agent header.
+   * user_agent is the client's User-Agent header; the service keeps its first 1024 characters.
    *
    * @generated from field: string user_agent = 2;
    */
   userAgent: string;
 
   /**
-   * ip_address is the client's IP address.
+   * ip_address is the client's IPv4 or IPv6 address, or empty.
    *
    * @generated from field: string ip_address = 3;
    */
   ipAddress: string;
 
   /**
-   * country is an ISO 3166-1 alpha-2 code.
+   * country is an ISO 3166-1 alpha-2 code (two letters, either case; stored upper-case), or empty.
    *
    * @generated from field: string country = 4;
    */
@@ -560,14 +568,14 @@ export type CreateSessionRequest = Message<"sessions.v1.CreateSessionRequest"> &
   deviceType: DeviceType;
 
   /**
-   * role is carried in access tokens; "member" when empty.
+   * role is carried in access tokens: at most 64 characters; "member" when empty.
    *
    * @generated from field: string role = 6;
    */
   role: string;
 
   /**
-   * org_id is carried in access tokens when set.
+   * org_id is carried in access tokens when set and not empty: at most 255 characters.
    *
    * @generated from field: optional string org_id = 7;
    */
@@ -644,7 +652,8 @@ export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*
  */
 export type RefreshSessionRequest = Message<"sessions.v1.RefreshSessionRequest"> & {
   /**
-   * refresh_token is the session's current refresh token.
+   * refresh_token is the session's current refresh token. One that is not a refresh token the
+   * service issued is UNAUTHENTICATED (refresh_token_invalid), not INVALID_ARGUMENT.
    *
    * @generated from field: string refresh_token = 1;
    */
@@ -728,14 +737,16 @@ export const RefreshSessionResponseSchema: GenMessage<RefreshSessionResponse> = 
  */
 export type WatchSessionEventsRequest = Message<"sessions.v1.WatchSessionEventsRequest"> & {
   /**
-   * after resumes just after the event with this cursor.
+   * after resumes just after the event with this cursor (opaque: one the service did not issue to
+   * this tenant is INVALID_ARGUMENT, invalid_cursor).
    *
    * @generated from field: string after = 1;
    */
   after: string;
 
   /**
-   * since starts at the first event that occurred at or after this time.
+   * since starts at the first event that occurred at or after this time, which must be a valid
+   * Timestamp (0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z).
    *
    * @generated from field: google.protobuf.Timestamp since = 2;
    */
@@ -987,6 +998,9 @@ export const RevokeReasonSchema: GenEnum<RevokeReason> = /*@__PURE__*/
  * `authorization: Bearer sk_live_…` and `x-tenant-id: tnt_…` (HTTP headers or gRPC metadata).
  * Errors carry a google.rpc.ErrorInfo detail whose reason is the REST error code
  * (for example `session_not_found`). A session of another tenant behaves exactly like a missing one.
+ * Requests are validated against the buf.validate rules declared on their fields before anything
+ * else the call does (after authentication): a request that breaks one is INVALID_ARGUMENT
+ * (invalid_request) with a google.rpc.BadRequest detail listing every field violation.
  * Every RPC may also fail with RESOURCE_EXHAUSTED (rate_limit_exceeded) and UNAVAILABLE
  * (unavailable, when the database cannot answer); responses carry X-RateLimit-* headers.
  *
