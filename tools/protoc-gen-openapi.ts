@@ -24,6 +24,7 @@
  * Options (`opt` in buf.gen.yaml): `file=<name>` (default openapi.json) and `title=<text>`.
  * Run with `strategy: all`, so that one document covers every file.
  */
+import { pathToFileURL } from "node:url";
 import {
   type DescEnum,
   type DescExtension,
@@ -1049,4 +1050,5 @@ const plugin: Plugin = {
   },
 };
 
-if (import.meta.url === `file://${process.argv[1]}`) runNodeJs(plugin);
+// Run as a protoc plugin; imported (by a test), it only exports generateOpenApi.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) runNodeJs(plugin);
