@@ -370,17 +370,21 @@ export async function inTransaction<T>(
   return oneAtATime(key, deadline, () => runTransaction(pool, deadline, work, serializeOn, isolation));
 }
 
+/** Sends one statement on a pooled connection and gives its result (rows, or the write's header). */
+export type Statement = <T>(sql: string, params: unknown[]) => Promise<T>;
+
 /**
- * Runs `work` on one pooled connection within one budget, in autocommit mode (each statement commits
- * on its own), queued behind other work on the same `rowKey` on this instance as inTransaction is,
- * and run again after a deadlock or lock-wait timeout as a transaction would be (so each statement
- * must be safe to repeat). For work made of single statements, each guarded by what it read, that
+ * Runs `work` within one budget, queued behind other work on the same `rowKey` on this instance as
+ * inTransaction is, and run again after a deadlock or lock-wait timeout as a transaction would be
+ * (so each statement must be safe to repeat). `work` sends single statements through the pool with
+ * `run`, each committing on its own: for work made of statements each guarded by what it read, that
  * needs no transaction's round trips.
  */
-export async function onConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>, { rowKey }: { rowKey: string }): Promise<T> {
+export async function oneAtATimeOn<T>(pool: Pool, rowKey: string, work: (run: Statement) => Promise<T>): Promise<T> {
   const deadline = operationDeadline();
+  const run: Statement = <R>(sql: string, params: unknown[]) => withConnection(pool, deadline, async (conn) => (await conn.query(sql, params))[0] as R);
   try {
-    return await oneAtATime(rowKey, deadline, () => retryingLocks(deadline, () => withConnection(pool, deadline, work)));
+    return await oneAtATime(rowKey, deadline, () => retryingLocks(deadline, () => work(run)));
   } catch (err) {
     throw translateDriverError(err);
   }

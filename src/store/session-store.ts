@@ -13,7 +13,7 @@ import {
   type SessionEndState,
 } from "../domain/model.js";
 import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, Revocation, SessionStore } from "../domain/ports.js";
-import { inTransaction, isDuplicateKey, onConnection, query, text, withPooledConnection, type Pool, type PoolConnection } from "./db.js";
+import { inTransaction, isDuplicateKey, oneAtATimeOn, query, text, withPooledConnection, type Pool, type Statement } from "./db.js";
 
 /**
  * How a session's end is stored (migration 0003): `state` says whether an end is recorded and of
@@ -65,11 +65,14 @@ interface SessionRow extends EndRow {
   last_active_at: Date;
 }
 
+/** A presented refresh token, as found: the session's live token, or a token it rotated away. */
 interface RefreshRow extends SessionRow {
+  presented_hash: Buffer;
+  /** When it was rotated away; null for the live token. */
   t_rotated_at: Date | null;
-  is_successor_live: number;
-  is_successor_derived: number;
-  is_live: number;
+  /** Its successor; null for the live token. */
+  t_successor_hash: Buffer | null;
+  live_hash: Buffer;
 }
 
 function toEndState(row: EndRow): SessionEndState {
@@ -197,11 +200,56 @@ function batchedReads<Row extends { id: Buffer }, T>(pool: Pool, columns: string
   );
 }
 
+/**
+ * Refresh-token lookups, batched like batchedReads: the tokens presented in the same event-loop turn
+ * are found by one query per tenant. The live token is the session's own (found by
+ * sessions_by_refresh_token); a rotated one has its row in refresh_tokens. A token that is both (a
+ * row from before migration 0004 that no rotation has completed) is the live one.
+ */
+function batchedRefreshReads(pool: Pool): DataLoader<readonly [string, Buffer], RefreshRow | null, string> {
+  return new DataLoader<readonly [string, Buffer], RefreshRow | null, string>(
+    async (keys) => {
+      const byTenant = new Map<string, Buffer[]>();
+      for (const [tenantId, hash] of keys) {
+        const hashes = byTenant.get(tenantId);
+        if (hashes) hashes.push(hash);
+        else byTenant.set(tenantId, [hash]);
+      }
+      const found = new Map<string, RefreshRow>();
+      await Promise.all(
+        [...byTenant].map(async ([tenantId, hashes]) => {
+          const rows = await withoutCall(() =>
+            query<RefreshRow[]>(
+              pool,
+              `SELECT ${sessionColumnsOf("s")}, s.refresh_token_hash AS presented_hash, NULL AS t_rotated_at, NULL AS t_successor_hash, s.refresh_token_hash AS live_hash
+                 FROM sessions s
+                WHERE s.tenant_id = ? AND s.refresh_token_hash IN (?)
+               UNION ALL
+               SELECT ${sessionColumnsOf("s")}, t.token_hash, t.rotated_at, t.successor_hash, s.refresh_token_hash
+                 FROM refresh_tokens t
+                 JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
+                WHERE t.tenant_id = ? AND t.token_hash IN (?) AND t.rotated_at IS NOT NULL`,
+              [tenantId, hashes, tenantId, hashes],
+            ),
+          );
+          for (const r of rows) {
+            const key = `${tenantId}\0${r.presented_hash.toString("hex")}`;
+            if (r.t_rotated_at === null || !found.has(key)) found.set(key, r);
+          }
+        }),
+      );
+      return keys.map(([tenantId, hash]) => found.get(`${tenantId}\0${hash.toString("hex")}`) ?? null);
+    },
+    { cache: false, maxBatchSize: maxStateBatch, batchScheduleFn: (run) => setImmediate(run) },
+  );
+}
+
 export function createSessionStore(pool: Pool): SessionStore {
   // Verify reads only what decides a session's status; GetSession the whole row.
   const stateLoader = batchedReads<StateRow, SessionEndState>(pool, "id, expires_at, idle_expires_at, state, ends_at, end_reason, ended_by", toEndState);
   const sessionLoader = batchedReads<SessionRow, Session>(pool, columns, toSession);
   const inserts = batchedInserts(pool);
+  const refreshReads = batchedRefreshReads(pool);
 
   return {
     async insertSession(s, refreshTokenHash, cap) {
@@ -376,15 +424,16 @@ export function createSessionStore(pool: Pool): SessionStore {
       const rowKey = `refresh\0${tenantId}\0${presentedHash.toString("hex")}`;
       // Read, decide, then write with one statement guarded by what was read: a write that finds the
       // rows changed (another instance rotated or revoked in between) changes nothing, and the call
-      // reads and decides again. Two round trips for a rotation instead of a transaction's five,
-      // and no lock held while the service decides.
-      return onConnection(pool, async (conn) => {
+      // reads and decides again. A batched read and one statement for a rotation instead of a
+      // transaction's five round trips, and no lock held while the service decides.
+      return oneAtATimeOn(pool, rowKey, async (run) => {
         for (let attempt = 1; attempt <= maxRefreshAttempts; attempt++) {
-          const outcome = await refreshOnce(conn, tenantId, presentedHash, successorHash, now, decide);
+          const found = await refreshReads.load([tenantId, presentedHash]);
+          const outcome = await refreshOnce(run, found, tenantId, presentedHash, successorHash, now, decide);
           if (outcome !== "changed") return outcome;
         }
         throw new AppError("unavailable", "the session changed repeatedly during the refresh; retry shortly");
-      }, { rowKey });
+      });
     },
   };
 }
@@ -393,45 +442,30 @@ export function createSessionStore(pool: Pool): SessionStore {
 const maxRefreshAttempts = 4;
 
 /**
- * One refresh attempt: reads the presented token and its session, asks the domain, and applies the
- * decision with a single statement whose WHERE holds what the decision rests on. "changed": that
- * statement matched nothing, so the rows moved on since the read.
+ * One refresh attempt: asks the domain about the presented token as read (`row`, null when no such
+ * token), and applies the decision with a single statement whose WHERE holds what the decision rests
+ * on. "changed": that statement matched nothing, so the rows moved on since the read.
  */
 async function refreshOnce(
-  conn: PoolConnection,
+  run: Statement,
+  row: RefreshRow | null,
   tenantId: string,
   presentedHash: Buffer,
   successorHash: Buffer,
   now: Date,
   decide: RefreshDecider,
 ): Promise<RefreshResult | "changed"> {
-  // The live token is the session's own (found by sessions_by_refresh_token); a rotated one has its
-  // row in refresh_tokens. A token that is both (a row from before migration 0004 that no rotation has
-  // completed) is still the live one.
-  const [rows] = await conn.query<RefreshRow[]>(
-    `(SELECT ${sessionColumnsOf("s")}, NULL AS t_rotated_at, 0 AS is_successor_live, 0 AS is_successor_derived, 1 AS is_live
-        FROM sessions s
-       WHERE s.tenant_id = ? AND s.refresh_token_hash = ?)
-     UNION ALL
-     (SELECT ${sessionColumnsOf("s")}, t.rotated_at, (t.successor_hash = s.refresh_token_hash), (t.successor_hash = ?), 0
-        FROM refresh_tokens t
-        JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
-       WHERE t.tenant_id = ? AND t.token_hash = ? AND t.rotated_at IS NOT NULL)
-     ORDER BY is_live DESC
-     LIMIT 1`,
-    [tenantId, presentedHash, successorHash, tenantId, presentedHash],
-  );
-  const row = rows[0];
   if (!row) return { ok: false, error: "refresh_token_invalid" };
   const session = toSession(row);
+  const successor = row.t_successor_hash;
   const decision = decide(
-    { rotatedAt: row.t_rotated_at, isSuccessorLive: row.is_successor_live === 1, isSuccessorDerived: row.is_successor_derived === 1 },
+    { rotatedAt: row.t_rotated_at, isSuccessorLive: successor !== null && successor.equals(row.live_hash), isSuccessorDerived: successor !== null && successor.equals(successorHash) },
     session,
   );
   if (decision.action === "reject") return { ok: false, error: decision.error };
   if (decision.action === "revoke") {
     // A session that ended meanwhile stays as it ended; the answer is the same.
-    await conn.query(revokeSql("tenant_id = ? AND id = ? AND state = ?"), [
+    await run(revokeSql("tenant_id = ? AND id = ? AND state = ?"), [
       ...revokeParams({ now: decision.at, reason: decision.reason, by: null }),
       tenantId,
       session.id,
@@ -446,7 +480,7 @@ async function refreshOnce(
     // The session's live token moves to the successor only if the presented token is still the live
     // one of an open session; the same statement records the presented token as rotated, with this
     // rotation's time and successor (trigger refresh_tokens_on_rotate, migration 0007).
-    [changed] = await conn.query<ResultSetHeader>(
+    changed = await run<ResultSetHeader>(
       `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?, refresh_token_hash = ?, refresh_rotated_at = ?
         WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
       [activeAt, idleExpiresAt, endsAt, successorHash, now, tenantId, session.id, state.open, presentedHash],
@@ -454,7 +488,7 @@ async function refreshOnce(
   } else {
     // A retry: the live token stays as it is; only the session's activity moves, while the
     // successor is still its live token (once the successor is used, this token is reuse).
-    [changed] = await conn.query<ResultSetHeader>(
+    changed = await run<ResultSetHeader>(
       `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?
         WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
       [activeAt, idleExpiresAt, endsAt, tenantId, session.id, state.open, successorHash],

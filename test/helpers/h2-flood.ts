@@ -2,7 +2,7 @@
  * An HTTP/2 attacker in a process of its own (so the test's own measurements are not slowed by it):
  * opens `connections` h2c connections to `url`, each with `streams` POST streams whose HEADERS never
  * end and carry no DATA. Prints `{"opened": n}` once all are open, holds them until its stdin closes,
- * then prints `{"reset": n}` (streams the server reset) and exits.
+ * then, once no more resets arrive, prints `{"reset": n}` (streams the server reset) and exits.
  *   node --import tsx test/helpers/h2-flood.ts <url> <connections> <streams> <headers-json>
  */
 import http2 from "node:http2";
@@ -33,7 +33,14 @@ for (let c = 0; c < Number(connections); c++) {
 }
 process.stdout.write(`${JSON.stringify({ opened })}\n`);
 process.stdin.resume();
-process.stdin.on("end", () => {
+process.stdin.on("end", async () => {
+  // Resets still in flight are counted too: until a round of PINGs (answered after the server has
+  // read everything sent before them) brings no new reset.
+  for (let seen = -1; seen !== reset; ) {
+    seen = reset;
+    await Promise.all(sessions.map((session) => new Promise((resolve) => (session.closed || session.destroyed ? resolve(undefined) : session.ping(() => resolve(undefined))))));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
   process.stdout.write(`${JSON.stringify({ reset })}\n`);
   for (const session of sessions) session.destroy();
   process.exit(0);
