@@ -8,9 +8,10 @@ import {
   ListSessionsRequestSchema,
   ListSessionsResponseSchema,
   PaginationSchema,
-  RevokeReason,
+  EndReason,
   SessionSchema,
   SessionStatus,
+  VerifyErrorCode,
   VerifyTokenResponseSchema,
 } from "../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../src/domain/errors.js";
@@ -29,8 +30,8 @@ const session = create(SessionSchema, {
   lastActiveAt: { seconds: 1705314600n, nanos: 123_456_000 },
   expiresAt: at("2024-02-14T10:30:00.123Z"),
   role: "member",
-  revokedAt: at("2024-01-16T00:00:00Z"),
-  revokeReason: RevokeReason.REFRESH_TOKEN_REUSE,
+  endedAt: at("2024-01-16T00:00:00Z"),
+  endReason: EndReason.REFRESH_TOKEN_REUSE,
 });
 
 function thrown(fn: () => unknown): AppError {
@@ -44,9 +45,10 @@ function thrown(fn: () => unknown): AppError {
 }
 
 describe("toRestJson", () => {
-  it("writes every field under its proto name, in declaration order", () => {
+  it("writes every field under its proto name, or its rest_name, in declaration order", () => {
     const json = toRestJson(SessionSchema, session);
-    expect(Object.keys(json)).toEqual(SessionSchema.fields.map((f) => f.name));
+    // ended_at and end_reason keep the names REST has always had.
+    expect(Object.keys(json)).toEqual(SessionSchema.fields.map((f) => ({ ended_at: "revoked_at", end_reason: "revoke_reason" })[f.name] ?? f.name));
     expect(json).toEqual({
       id: "ses_1",
       user_id: "usr_1",
@@ -74,7 +76,8 @@ describe("toRestJson", () => {
     }],
     ["a set optional keeps its zero value", create(SessionSchema, { orgId: "" }), { org_id: "" }],
     ["expired", create(SessionSchema, { status: SessionStatus.EXPIRED }), { status: "expired" }],
-    ["revoked_all", create(SessionSchema, { revokeReason: RevokeReason.REVOKED_ALL }), { revoke_reason: "revoked_all" }],
+    ["revoked_all", create(SessionSchema, { endReason: EndReason.REVOKED_ALL }), { revoke_reason: "revoked_all" }],
+    ["expired by time", create(SessionSchema, { endReason: EndReason.EXPIRED, endedAt: at("2024-02-14T10:30:00Z") }), { revoke_reason: "expired", revoked_at: "2024-02-14T10:30:00Z" }],
   ])("%s", (_name, message, expected) => {
     expect(toRestJson(SessionSchema, message)).toMatchObject(expected);
   });
@@ -85,7 +88,7 @@ describe("toRestJson", () => {
       has_more: false,
       next_cursor: null,
     });
-    expect(toRestJson(VerifyTokenResponseSchema, create(VerifyTokenResponseSchema, { valid: false, error: { code: "invalid_token" } })))
+    expect(toRestJson(VerifyTokenResponseSchema, create(VerifyTokenResponseSchema, { valid: false, error: { code: VerifyErrorCode.INVALID_TOKEN } })))
       .toEqual({
         valid: false,
         session_id: null,

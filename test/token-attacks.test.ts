@@ -3,7 +3,7 @@ import { createServer, type Server } from "node:net";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { SessionService } from "../gen/sessions/v1/sessions_pb.js";
+import { SessionService, VerifyErrorCode } from "../gen/sessions/v1/sessions_pb.js";
 import { newId } from "../src/domain/secrets.js";
 import { maxAccessTokenLength } from "../src/domain/session-service.js";
 import { clockToleranceSeconds, decryptPrivateKey, maxAccessTokenTtlSeconds, newSigningKey } from "../src/domain/signing-keys.js";
@@ -89,7 +89,8 @@ async function verifyBoth(token: string, tenantHeaders = headers): Promise<Outco
   const body = (await res.json()) as { valid: boolean; error: { code: string } | null };
   const rest: Outcome = { valid: body.valid, code: body.error?.code ?? null };
   const answer = await rpc.verifyToken({ token }, { headers: tenantHeaders });
-  const viaRpc: Outcome = { valid: answer.valid, code: answer.error?.code ?? null };
+  // The RPC's code is the VerifyErrorCode enum, whose REST JSON form is the lower-case name.
+  const viaRpc: Outcome = { valid: answer.valid, code: answer.error ? VerifyErrorCode[answer.error.code].toLowerCase() : null };
   expect(viaRpc, "REST and RPC disagree").toEqual(rest);
   return rest;
 }

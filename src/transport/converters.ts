@@ -2,14 +2,16 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   DeviceType as ProtoDeviceType,
-  RevokeReason as ProtoRevokeReason,
+  EndReason as ProtoEndReason,
   SessionStatus as ProtoSessionStatus,
+  VerifyErrorCode as ProtoVerifyErrorCode,
   type SessionSchema,
   type WatchSessionEventsResponseSchema,
 } from "../../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../domain/errors.js";
 import type { FeedItem } from "../domain/events.js";
 import { endOf, statusOf, type DeviceType, type EndReason, type Session, type SessionStatus } from "../domain/model.js";
+import type { VerifyErrorCode } from "../domain/session-service.js";
 
 /** Small pure converters between domain values and generated messages, named by direction. */
 
@@ -27,13 +29,22 @@ const deviceTypeToProto: Record<DeviceType, ProtoDeviceType> = {
   unknown: ProtoDeviceType.UNKNOWN,
 };
 
-const endReasonToProto: Record<EndReason, ProtoRevokeReason> = {
-  revoked: ProtoRevokeReason.REVOKED,
-  revoked_all: ProtoRevokeReason.REVOKED_ALL,
-  refresh_token_reuse: ProtoRevokeReason.REFRESH_TOKEN_REUSE,
-  session_limit: ProtoRevokeReason.SESSION_LIMIT,
-  idle_timeout: ProtoRevokeReason.IDLE_TIMEOUT,
-  expired: ProtoRevokeReason.EXPIRED,
+const endReasonToProto: Record<EndReason, ProtoEndReason> = {
+  revoked: ProtoEndReason.REVOKED,
+  revoked_all: ProtoEndReason.REVOKED_ALL,
+  refresh_token_reuse: ProtoEndReason.REFRESH_TOKEN_REUSE,
+  session_limit: ProtoEndReason.SESSION_LIMIT,
+  idle_timeout: ProtoEndReason.IDLE_TIMEOUT,
+  expired: ProtoEndReason.EXPIRED,
+};
+
+/** REST JSON writes each as the domain's code (VERIFY_ERROR_CODE_SESSION_REVOKED → "session_revoked"); test/unit/codecs.test.ts holds them equal. */
+export const verifyErrorCodeToProto: Record<VerifyErrorCode, ProtoVerifyErrorCode> = {
+  invalid_token: ProtoVerifyErrorCode.INVALID_TOKEN,
+  token_expired: ProtoVerifyErrorCode.TOKEN_EXPIRED,
+  tenant_mismatch: ProtoVerifyErrorCode.TENANT_MISMATCH,
+  session_revoked: ProtoVerifyErrorCode.SESSION_REVOKED,
+  session_expired: ProtoVerifyErrorCode.SESSION_EXPIRED,
 };
 
 function invert<K extends string, V extends number>(table: Record<K, V>): Map<V, K> {
@@ -60,8 +71,8 @@ export function toProtoSession(session: Session, now: Date): MessageInitShape<ty
     role: session.role,
     orgId: session.orgId ?? undefined,
     mfaVerified: session.isMfaVerified,
-    revokedAt: end ? timestampFromDate(end.at) : undefined,
-    revokeReason: end ? endReasonToProto[end.reason] : ProtoRevokeReason.UNSPECIFIED,
+    endedAt: end ? timestampFromDate(end.at) : undefined,
+    endReason: end ? endReasonToProto[end.reason] : ProtoEndReason.UNSPECIFIED,
     revokedBy: session.recordedEnd?.by ?? undefined,
   };
 }

@@ -1,6 +1,7 @@
 /**
- * The REST JSON dialect differs from proto3 JSON in three ways only: keys are proto field names,
- * every field is present (unset ones as null), and enums are short lower-case names. Everything
+ * The REST JSON dialect differs from proto3 JSON in three ways only: keys are proto field names
+ * (or a field's `rest_name`, options.proto, where REST keeps a name the proto no longer has), every
+ * field is present (unset ones as null), and enums are short lower-case names. Everything
  * else (int64 as strings, bytes as base64, RFC 3339 timestamps, …) is proto3 JSON, read by
  * protobuf-es, so reading only translates between the two dialects. Writing has two forms:
  * toRestJson (protobuf-es's toJson, then the translation) states the dialect; restJsonEncoder
@@ -16,10 +17,12 @@ import {
   type MessageShape,
   ScalarType,
   create,
+  getOption,
   mergeFromJson,
   toJson,
 } from "@bufbuild/protobuf";
 import { base64Encode } from "@bufbuild/protobuf/wire";
+import { rest_name } from "../../gen/sessions/v1/options_pb.js";
 import { AppError } from "../domain/errors.js";
 
 /** Path or query-string parameters as fastify parses them. */
@@ -84,7 +87,16 @@ function paramJson(field: DescField, key: string, value: string): JsonValue {
 }
 
 function restObject(schema: DescMessage, json: JsonObject): JsonObject {
-  return Object.fromEntries(schema.fields.map((field) => [field.name, restValue(field, json[field.name])]));
+  return Object.fromEntries(schema.fields.map((field) => [restNameOf(field), restValue(field, json[field.name])]));
+}
+
+const restNames = new WeakMap<DescField, string>();
+
+/** The field's key in REST JSON: its `rest_name` when it has one, else its proto name. Read once per field. */
+function restNameOf(field: DescField): string {
+  let name = restNames.get(field);
+  if (name === undefined) restNames.set(field, (name = getOption(field, rest_name) || field.name));
+  return name;
 }
 
 function restValue(field: DescField, value: JsonValue | undefined): JsonValue {
@@ -176,7 +188,7 @@ function hasOwnJsonForm(desc: DescMessage): boolean {
 }
 
 function fieldNamed(schema: DescMessage, key: string): DescField | undefined {
-  return schema.fields.find((field) => field.name === key || field.jsonName === key);
+  return schema.fields.find((field) => field.name === key || field.jsonName === key || restNameOf(field) === key);
 }
 
 function isObject(value: unknown): value is JsonObject {
@@ -223,7 +235,7 @@ function messageEncoder(schema: DescMessage): Encode {
   };
   encoders.set(schema, encode);
   for (const field of schema.fields) {
-    const key = `${JSON.stringify(field.name)}:`;
+    const key = `${JSON.stringify(restNameOf(field))}:`;
     const { localName } = field;
     const oneof = field.oneof;
     const read = oneof

@@ -4,7 +4,7 @@ import { WatchSessionEventsResponseSchema, type SessionService as SessionService
 import type { Clock } from "../domain/clock.js";
 import { encodeEventCursor, feedStart, type EventFeed, type FeedItem, type SessionEvent } from "../domain/events.js";
 import type { SessionService } from "../domain/session-service.js";
-import { fromProtoDeviceType, fromProtoStatus, timeFromProto, toProtoEvent, toProtoSession } from "./converters.js";
+import { fromProtoDeviceType, fromProtoStatus, timeFromProto, toProtoEvent, toProtoSession, verifyErrorCodeToProto } from "./converters.js";
 import type { Metrics } from "./metrics.js";
 import type { Handlers } from "./pipeline.js";
 
@@ -81,7 +81,7 @@ export function createSessionHandlers(
     async verifyToken(req, { caller }) {
       const result = await service.verify(caller.tenantId, req.token);
       metrics.countVerify(result.valid ? "valid" : result.code);
-      if (!result.valid) return { valid: false, error: { code: result.code, message: result.message } };
+      if (!result.valid) return { valid: false, error: { code: verifyErrorCodeToProto[result.code], message: result.message } };
       return {
         valid: true,
         sessionId: result.sessionId,

@@ -2,14 +2,15 @@ import { randomBytes } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { DeviceType, RevokeReason, SessionStatus } from "../../gen/sessions/v1/sessions_pb.js";
+import { DeviceType, EndReason, SessionStatus, VerifyErrorCode, VerifyErrorCodeSchema } from "../../gen/sessions/v1/sessions_pb.js";
 import { decodeCursor, encodeCursor } from "../../src/domain/cursor.js";
 import { AppError, errorCodes } from "../../src/domain/errors.js";
 import type { Session } from "../../src/domain/model.js";
 import { refreshTokenPattern, successorOf } from "../../src/domain/refresh-tokens.js";
-import { fromProtoDeviceType, fromProtoStatus, toProtoSession } from "../../src/transport/converters.js";
+import { fromProtoDeviceType, fromProtoStatus, toProtoSession, verifyErrorCodeToProto } from "../../src/transport/converters.js";
 import { errorTable, toConnectError, toPublicError } from "../../src/transport/error-codes.js";
 import { parseQueryString } from "../../src/transport/rest.js";
+import { enumShortName } from "../../src/transport/rest-json.js";
 import { developmentKeyEncryptionKey, loadConfig } from "../../src/config.js";
 
 /** Converters, codecs and the error table: pure functions, checked in milliseconds. */
@@ -106,15 +107,15 @@ describe("converters", () => {
 
   it("an active session has no end", () => {
     const proto = toProtoSession(session, new Date("2026-01-15T00:00:00Z"));
-    expect(proto).toMatchObject({ status: SessionStatus.ACTIVE, deviceType: DeviceType.TABLET, revokeReason: RevokeReason.UNSPECIFIED, mfaVerified: true });
-    expect(proto.revokedAt).toBeUndefined();
+    expect(proto).toMatchObject({ status: SessionStatus.ACTIVE, deviceType: DeviceType.TABLET, endReason: EndReason.UNSPECIFIED, mfaVerified: true });
+    expect(proto.endedAt).toBeUndefined();
     expect(proto.orgId).toBeUndefined();
   });
 
   it("an expired session ends at its expiry; a revoked one at its revoke, with who did it", () => {
-    expect(toProtoSession(session, new Date("2026-03-01T00:00:00Z"))).toMatchObject({ status: SessionStatus.EXPIRED, revokeReason: RevokeReason.EXPIRED, revokedAt: { seconds: BigInt(Date.parse("2026-02-01T00:00:00Z") / 1000) } });
+    expect(toProtoSession(session, new Date("2026-03-01T00:00:00Z"))).toMatchObject({ status: SessionStatus.EXPIRED, endReason: EndReason.EXPIRED, endedAt: { seconds: BigInt(Date.parse("2026-02-01T00:00:00Z") / 1000) } });
     const revoked = { ...session, recordedEnd: { at: new Date("2026-01-05T00:00:00Z"), reason: "revoked_all" as const, by: "key_1" } };
-    expect(toProtoSession(revoked, new Date("2026-01-15T00:00:00Z"))).toMatchObject({ status: SessionStatus.REVOKED, revokeReason: RevokeReason.REVOKED_ALL, revokedBy: "key_1" });
+    expect(toProtoSession(revoked, new Date("2026-01-15T00:00:00Z"))).toMatchObject({ status: SessionStatus.REVOKED, endReason: EndReason.REVOKED_ALL, revokedBy: "key_1" });
   });
 
   it("unspecified and unknown enum numbers read as undefined (the domain's default applies)", () => {
@@ -123,6 +124,14 @@ describe("converters", () => {
     expect(fromProtoStatus(SessionStatus.REVOKED)).toBe("revoked");
     expect(fromProtoDeviceType(DeviceType.BOT)).toBe("bot");
     expect(fromProtoDeviceType(DeviceType.UNSPECIFIED)).toBeUndefined();
+  });
+
+  it("maps every verify failure to the VerifyErrorCode value whose REST name is the domain's code, and back to every value", () => {
+    for (const [code, proto] of Object.entries(verifyErrorCodeToProto)) {
+      expect(enumShortName(VerifyErrorCodeSchema, VerifyErrorCodeSchema.value[proto]!.name)).toBe(code);
+    }
+    const used = new Set(Object.values(verifyErrorCodeToProto));
+    expect(VerifyErrorCodeSchema.values.filter((v) => v.number !== VerifyErrorCode.UNSPECIFIED && !used.has(v.number))).toEqual([]);
   });
 });
 

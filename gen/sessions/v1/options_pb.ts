@@ -11,7 +11,7 @@ import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
  * Describes the file sessions/v1/options.proto.
  */
 export const file_sessions_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MSqCAQoNUmF0ZUxpbWl0VGllchIfChtSQVRFX0xJTUlUX1RJRVJfVU5TUEVDSUZJRUQQABIYChRSQVRFX0xJTUlUX1RJRVJfUkVBRBABEhkKFVJBVEVfTElNSVRfVElFUl9XUklURRACEhsKF1JBVEVfTElNSVRfVElFUl9SRUZSRVNIEAM6TAoRaHR0cF9zdWNjZXNzX2NvZGUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjRhgMgASgFUg9odHRwU3VjY2Vzc0NvZGU6PQoJaXNfcHVibGljEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0oYDIAEoCFIIaXNQdWJsaWM6OwoIbm9fc3RvcmUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjThgMgASgIUgdub1N0b3JlOmQKD3JhdGVfbGltaXRfdGllchIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNSGAyABKA4yGi5zZXNzaW9ucy52MS5SYXRlTGltaXRUaWVyUg1yYXRlTGltaXRUaWVyOloKGWltcGxpZWRfb3Zlcl9yZXN0X3dpdGhvdXQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGNqGAyABKAlSFmltcGxpZWRPdmVyUmVzdFdpdGhvdXRiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("ChlzZXNzaW9ucy92MS9vcHRpb25zLnByb3RvEgtzZXNzaW9ucy52MSqCAQoNUmF0ZUxpbWl0VGllchIfChtSQVRFX0xJTUlUX1RJRVJfVU5TUEVDSUZJRUQQABIYChRSQVRFX0xJTUlUX1RJRVJfUkVBRBABEhkKFVJBVEVfTElNSVRfVElFUl9XUklURRACEhsKF1JBVEVfTElNSVRfVElFUl9SRUZSRVNIEAM6TAoRaHR0cF9zdWNjZXNzX2NvZGUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjRhgMgASgFUg9odHRwU3VjY2Vzc0NvZGU6PQoJaXNfcHVibGljEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0oYDIAEoCFIIaXNQdWJsaWM6OwoIbm9fc3RvcmUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjThgMgASgIUgdub1N0b3JlOmQKD3JhdGVfbGltaXRfdGllchIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNSGAyABKA4yGi5zZXNzaW9ucy52MS5SYXRlTGltaXRUaWVyUg1yYXRlTGltaXRUaWVyOloKGWltcGxpZWRfb3Zlcl9yZXN0X3dpdGhvdXQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGNqGAyABKAlSFmltcGxpZWRPdmVyUmVzdFdpdGhvdXQ6PAoJcmVzdF9uYW1lEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxjbhgMgASgJUghyZXN0TmFtZWIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * RateLimitTier names a per-tenant rate-limit budget.
@@ -97,4 +97,13 @@ export const rate_limit_tier: GenExtension<MethodOptions, RateLimitTier> = /*@__
  */
 export const implied_over_rest_without: GenExtension<FieldOptions, string> = /*@__PURE__*/
   extDesc(file_sessions_v1_options, 4);
+
+/**
+ * rest_name is the field's key in REST JSON when it is not the proto name: the name REST callers
+ * have been reading since before the proto field was renamed (gRPC and Connect use the proto's).
+ *
+ * @generated from extension: string rest_name = 50011;
+ */
+export const rest_name: GenExtension<FieldOptions, string> = /*@__PURE__*/
+  extDesc(file_sessions_v1_options, 5);
 

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sessions/v1/sessions.proto.
  */
 export const file_sessions_v1_sessions: GenFile = /*@__PURE__*/
-  fileDesc("ChpzZXNzaW9ucy92MS9zZXNzaW9ucy5wcm90bxILc2Vzc2lvbnMudjEigwUKB1Nlc3Npb24SDwoCaWQYASABKAlCA+BBAxIUCgd1c2VyX2lkGAIgASgJQgPgQQUSFgoJdGVuYW50X2lkGAMgASgJQgPgQQMSLwoGc3RhdHVzGAQgASgOMhouc2Vzc2lvbnMudjEuU2Vzc2lvblN0YXR1c0ID4EEDEhcKCnVzZXJfYWdlbnQYBSABKAlCA+BBBRIXCgppcF9hZGRyZXNzGAYgASgJQgPgQQUSFAoHY291bnRyeRgHIAEoCUID4EEFEjEKC2RldmljZV90eXBlGAggASgOMhcuc2Vzc2lvbnMudjEuRGV2aWNlVHlwZUID4EEFEjMKCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSNwoObGFzdF9hY3RpdmVfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIRCgRyb2xlGAwgASgJQgPgQQUSGAoGb3JnX2lkGA0gASgJQgPgQQVIAIgBARIZCgxtZmFfdmVyaWZpZWQYDiABKAhCA+BBBRIzCgpyZXZva2VkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEID4EEDEjUKDXJldm9rZV9yZWFzb24YECABKA4yGS5zZXNzaW9ucy52MS5SZXZva2VSZWFzb25CA+BBAxIcCgpyZXZva2VkX2J5GBEgASgJQgPgQQNIAYgBAUIJCgdfb3JnX2lkQg0KC19yZXZva2VkX2J5IvEBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EisKB3VzZXJfaWQYASABKAlCFeBBAbpID3INoLYYAai2GAEQARj/AUgAiAEBEj4KBnN0YXR1cxgCIAEoDjIaLnNlc3Npb25zLnYxLlNlc3Npb25TdGF0dXNCDeBBAbpIB4IBBBABIABIAYgBARIgCgVsaW1pdBgDIAEoBUIM4EEBukgGGgQYZCgBSAKIAQESHwoGY3Vyc29yGAQgASgJQgrgQQG6SARyAhABSAOIAQFCCgoIX3VzZXJfaWRCCQoHX3N0YXR1c0IICgZfbGltaXRCCQoHX2N1cnNvciJnChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIiCgRkYXRhGAEgAygLMhQuc2Vzc2lvbnMudjEuU2Vzc2lvbhIrCgpwYWdpbmF0aW9uGAIgASgLMhcuc2Vzc2lvbnMudjEuUGFnaW5hdGlvbiJXCgpQYWdpbmF0aW9uEg0KBWxpbWl0GAEgASgFEhAKCGhhc19tb3JlGAIgASgIEhgKC25leHRfY3Vyc29yGAMgASgJSACIAQFCDgoMX25leHRfY3Vyc29yIioKEUdldFNlc3Npb25SZXF1ZXN0EhUKAmlkGAEgASgJQgngQQK6SAPIAQEiOwoSR2V0U2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uIi0KFFJldm9rZVNlc3Npb25SZXF1ZXN0EhUKAmlkGAEgASgJQgngQQK6SAPIAQEiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIu4BChVSZXZva2VTZXNzaW9uc1JlcXVlc3QSKwoHdXNlcl9pZBgBIAEoCUIV4EEBukgPcg2gthgBqLYYARABGP8BSACIAQESRgoRZXhjZXB0X3Nlc3Npb25faWQYAiABKAlCJuBBAbpIIHIeMhxec2VzX1swLTlBLUhKS01OUC1UVi1aXXsyNn0kSAGIAQESIQoJYWxsX3VzZXJzGAMgASgIQg7gQQHStRgHdXNlcl9pZDobukgYIhYKB3VzZXJfaWQKCWFsbF91c2VycxABQgoKCF91c2VyX2lkQhQKEl9leGNlcHRfc2Vzc2lvbl9pZCIpChZSZXZva2VTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKAUiLgoSVmVyaWZ5VG9rZW5SZXF1ZXN0EhgKBXRva2VuGAEgASgJQgngQQK6SAPIAQEi1QIKE1ZlcmlmeVRva2VuUmVzcG9uc2USDQoFdmFsaWQYASABKAgSFwoKc2Vzc2lvbl9pZBgCIAEoCUgAiAEBEhQKB3VzZXJfaWQYAyABKAlIAYgBARIWCgl0ZW5hbnRfaWQYBCABKAlIAogBARIRCgRyb2xlGAUgASgJSAOIAQESEwoGb3JnX2lkGAYgASgJSASIAQESGQoMbWZhX3ZlcmlmaWVkGAcgASgISAWIAQESLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoFZXJyb3IYCSABKAsyGC5zZXNzaW9ucy52MS5WZXJpZnlFcnJvckINCgtfc2Vzc2lvbl9pZEIKCghfdXNlcl9pZEIMCgpfdGVuYW50X2lkQgcKBV9yb2xlQgkKB19vcmdfaWRCDwoNX21mYV92ZXJpZmllZCIsCgtWZXJpZnlFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAki5AIKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EicKB3VzZXJfaWQYASABKAlCFuBBArpIEMgBAXILoLYYAai2GAEY/wESIwoKdXNlcl9hZ2VudBgCIAEoCUIP4EEBukgJ2AEBcgSgthgBEiEKCmlwX2FkZHJlc3MYAyABKAlCDeBBAbpIB9gBAXICcAESKwoHY291bnRyeRgEIAEoCUIa4EEBukgU2AEBcg8yDV5bQS1aYS16XXsyfSQSOQoLZGV2aWNlX3R5cGUYBSABKA4yFy5zZXNzaW9ucy52MS5EZXZpY2VUeXBlQgvgQQG6SAWCAQIQARIjCgRyb2xlGAYgASgJQhXgQQG6SA/YAQFyCqC2GAGothgBGEASKAoGb3JnX2lkGAcgASgJQhPgQQG6SA1yC6C2GAGothgBGP8BSACIAQESGQoMbWZhX3ZlcmlmaWVkGAggASgIQgPgQQFCCQoHX29yZ19pZCLmAQoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjkKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIgCg1yZWZyZXNoX3Rva2VuGAEgASgJQgngQQK6SAPIAQEi/AEKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAUSOwoXYWNjZXNzX3Rva2VuX2V4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKGHJlZnJlc2hfdG9rZW5fZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilgEKGVdhdGNoU2Vzc2lvbkV2ZW50c1JlcXVlc3QSEgoFYWZ0ZXIYASABKAlCA+BBARJQCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCJeBBAbpIH7IBHCINCP+C0f+vBxD/k+vcAzILCICSuMOY/v///wE6E7pIECIOCgVhZnRlcgoFc2luY2UinQIKGldhdGNoU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlEg4KBmN1cnNvchgBIAEoCRIMCgR0eXBlGAIgASgJEhcKCnNlc3Npb25faWQYAyABKAlIAIgBARIUCgd1c2VyX2lkGAQgASgJSAGIAQESEwoGcmVhc29uGAUgASgJSAKIAQESFwoKcmV2b2tlZF9ieRgGIAEoCUgDiAEBEhMKBmtleV9pZBgHIAEoCUgEiAEBEi8KC29jY3VycmVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINCgtfc2Vzc2lvbl9pZEIKCghfdXNlcl9pZEIJCgdfcmVhc29uQg0KC19yZXZva2VkX2J5QgkKB19rZXlfaWQqggEKDVNlc3Npb25TdGF0dXMSHgoaU0VTU0lPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIZChVTRVNTSU9OX1NUQVRVU19BQ1RJVkUQARIaChZTRVNTSU9OX1NUQVRVU19FWFBJUkVEEAISGgoWU0VTU0lPTl9TVEFUVVNfUkVWT0tFRBADKqABCgpEZXZpY2VUeXBlEhsKF0RFVklDRV9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTREVWSUNFX1RZUEVfREVTS1RPUBABEhYKEkRFVklDRV9UWVBFX01PQklMRRACEhYKEkRFVklDRV9UWVBFX1RBQkxFVBADEhMKD0RFVklDRV9UWVBFX0JPVBAEEhcKE0RFVklDRV9UWVBFX1VOS05PV04QBSrqAQoMUmV2b2tlUmVhc29uEh0KGVJFVk9LRV9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVSRVZPS0VfUkVBU09OX1JFVk9LRUQQARIdChlSRVZPS0VfUkVBU09OX1JFVk9LRURfQUxMEAISJQohUkVWT0tFX1JFQVNPTl9SRUZSRVNIX1RPS0VOX1JFVVNFEAMSHwobUkVWT0tFX1JFQVNPTl9TRVNTSU9OX0xJTUlUEAQSHgoaUkVWT0tFX1JFQVNPTl9JRExFX1RJTUVPVVQQBRIZChVSRVZPS0VfUkVBU09OX0VYUElSRUQQBjLeBwoOU2Vzc2lvblNlcnZpY2USbAoMTGlzdFNlc3Npb25zEiAuc2Vzc2lvbnMudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLnNlc3Npb25zLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIheQAgGC0+STAg4SDC92MS9zZXNzaW9ucxJ0CgpHZXRTZXNzaW9uEh4uc2Vzc2lvbnMudjEuR2V0U2Vzc2lvblJlcXVlc3QaHy5zZXNzaW9ucy52MS5HZXRTZXNzaW9uUmVzcG9uc2UiJZACAYLT5JMCHGIHc2Vzc2lvbhIRL3YxL3Nlc3Npb25zL3tpZH0SdgoNUmV2b2tlU2Vzc2lvbhIhLnNlc3Npb25zLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiIuc2Vzc2lvbnMudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlIh6ItRjMAYLT5JMCEyoRL3YxL3Nlc3Npb25zL3tpZH0SbwoOUmV2b2tlU2Vzc2lvbnMSIi5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uc1JlcXVlc3QaIy5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uc1Jlc3BvbnNlIhSC0+STAg4qDC92MS9zZXNzaW9ucxJ0CgtWZXJpZnlUb2tlbhIfLnNlc3Npb25zLnYxLlZlcmlmeVRva2VuUmVxdWVzdBogLnNlc3Npb25zLnYxLlZlcmlmeVRva2VuUmVzcG9uc2UiIqC1GAGC0+STAhg6ASoiEy92MS9zZXNzaW9ucy92ZXJpZnkSeAoNQ3JlYXRlU2Vzc2lvbhIhLnNlc3Npb25zLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiIuc2Vzc2lvbnMudjEuQ3JlYXRlU2Vzc2lvblJlc3BvbnNlIiCItRjJAZi1GAGC0+STAhE6ASoiDC92MS9zZXNzaW9ucxKEAQoOUmVmcmVzaFNlc3Npb24SIi5zZXNzaW9ucy52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaIy5zZXNzaW9ucy52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlIimQtRgBmLUYAYLT5JMCGzoBKiIWL3YxL2F1dGgvdG9rZW4vcmVmcmVzaBKHAQoSV2F0Y2hTZXNzaW9uRXZlbnRzEiYuc2Vzc2lvbnMudjEuV2F0Y2hTZXNzaW9uRXZlbnRzUmVxdWVzdBonLnNlc3Npb25zLnYxLldhdGNoU2Vzc2lvbkV2ZW50c1Jlc3BvbnNlIh6QAgGC0+STAhUSEy92MS9zZXNzaW9ucy9ldmVudHMwAWIGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_sessions_v1_options, file_sessions_v1_rules]);
+  fileDesc("ChpzZXNzaW9ucy92MS9zZXNzaW9ucy5wcm90bxILc2Vzc2lvbnMudjEimgUKB1Nlc3Npb24SDwoCaWQYASABKAlCA+BBAxIUCgd1c2VyX2lkGAIgASgJQgPgQQUSFgoJdGVuYW50X2lkGAMgASgJQgPgQQMSLwoGc3RhdHVzGAQgASgOMhouc2Vzc2lvbnMudjEuU2Vzc2lvblN0YXR1c0ID4EEDEhcKCnVzZXJfYWdlbnQYBSABKAlCA+BBBRIXCgppcF9hZGRyZXNzGAYgASgJQgPgQQUSFAoHY291bnRyeRgHIAEoCUID4EEFEjEKC2RldmljZV90eXBlGAggASgOMhcuc2Vzc2lvbnMudjEuRGV2aWNlVHlwZUID4EEFEjMKCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSNwoObGFzdF9hY3RpdmVfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIRCgRyb2xlGAwgASgJQgPgQQUSGAoGb3JnX2lkGA0gASgJQgPgQQVIAIgBARIZCgxtZmFfdmVyaWZpZWQYDiABKAhCA+BBBRI/CghlbmRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCEeBBA9q1GApyZXZva2VkX2F0EkAKCmVuZF9yZWFzb24YECABKA4yFi5zZXNzaW9ucy52MS5FbmRSZWFzb25CFOBBA9q1GA1yZXZva2VfcmVhc29uEhwKCnJldm9rZWRfYnkYESABKAlCA+BBA0gBiAEBQgkKB19vcmdfaWRCDQoLX3Jldm9rZWRfYnki8QEKE0xpc3RTZXNzaW9uc1JlcXVlc3QSKwoHdXNlcl9pZBgBIAEoCUIV4EEBukgPcg2gthgBqLYYARABGP8BSACIAQESPgoGc3RhdHVzGAIgASgOMhouc2Vzc2lvbnMudjEuU2Vzc2lvblN0YXR1c0IN4EEBukgHggEEEAEgAEgBiAEBEiAKBWxpbWl0GAMgASgFQgzgQQG6SAYaBBhkKAFIAogBARIfCgZjdXJzb3IYBCABKAlCCuBBAbpIBHICEAFIA4gBAUIKCghfdXNlcl9pZEIJCgdfc3RhdHVzQggKBl9saW1pdEIJCgdfY3Vyc29yImcKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiIKBGRhdGEYASADKAsyFC5zZXNzaW9ucy52MS5TZXNzaW9uEisKCnBhZ2luYXRpb24YAiABKAsyFy5zZXNzaW9ucy52MS5QYWdpbmF0aW9uIlcKClBhZ2luYXRpb24SDQoFbGltaXQYASABKAUSEAoIaGFzX21vcmUYAiABKAgSGAoLbmV4dF9jdXJzb3IYAyABKAlIAIgBAUIOCgxfbmV4dF9jdXJzb3IiKgoRR2V0U2Vzc2lvblJlcXVlc3QSFQoCaWQYASABKAlCCeBBArpIA8gBASI7ChJHZXRTZXNzaW9uUmVzcG9uc2USJQoHc2Vzc2lvbhgBIAEoCzIULnNlc3Npb25zLnYxLlNlc3Npb24iLQoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSFQoCaWQYASABKAlCCeBBArpIA8gBASIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2Ui7gEKFVJldm9rZVNlc3Npb25zUmVxdWVzdBIrCgd1c2VyX2lkGAEgASgJQhXgQQG6SA9yDaC2GAGothgBEAEY/wFIAIgBARJGChFleGNlcHRfc2Vzc2lvbl9pZBgCIAEoCUIm4EEBukggch4yHF5zZXNfWzAtOUEtSEpLTU5QLVRWLVpdezI2fSRIAYgBARIhCglhbGxfdXNlcnMYAyABKAhCDuBBAdK1GAd1c2VyX2lkOhu6SBgiFgoHdXNlcl9pZAoJYWxsX3VzZXJzEAFCCgoIX3VzZXJfaWRCFAoSX2V4Y2VwdF9zZXNzaW9uX2lkIikKFlJldm9rZVNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoBSIuChJWZXJpZnlUb2tlblJlcXVlc3QSGAoFdG9rZW4YASABKAlCCeBBArpIA8gBASLVAgoTVmVyaWZ5VG9rZW5SZXNwb25zZRINCgV2YWxpZBgBIAEoCBIXCgpzZXNzaW9uX2lkGAIgASgJSACIAQESFAoHdXNlcl9pZBgDIAEoCUgBiAEBEhYKCXRlbmFudF9pZBgEIAEoCUgCiAEBEhEKBHJvbGUYBSABKAlIA4gBARITCgZvcmdfaWQYBiABKAlIBIgBARIZCgxtZmFfdmVyaWZpZWQYByABKAhIBYgBARIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVlcnJvchgJIAEoCzIYLnNlc3Npb25zLnYxLlZlcmlmeUVycm9yQg0KC19zZXNzaW9uX2lkQgoKCF91c2VyX2lkQgwKCl90ZW5hbnRfaWRCBwoFX3JvbGVCCQoHX29yZ19pZEIPCg1fbWZhX3ZlcmlmaWVkIlAKC1ZlcmlmeUVycm9yEioKBGNvZGUYAyABKA4yHC5zZXNzaW9ucy52MS5WZXJpZnlFcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCUoECAEQAiLkAgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSJwoHdXNlcl9pZBgBIAEoCUIW4EECukgQyAEBcgugthgBqLYYARj/ARIjCgp1c2VyX2FnZW50GAIgASgJQg/gQQG6SAnYAQFyBKC2GAESIQoKaXBfYWRkcmVzcxgDIAEoCUIN4EEBukgH2AEBcgJwARIrCgdjb3VudHJ5GAQgASgJQhrgQQG6SBTYAQFyDzINXltBLVphLXpdezJ9JBI5CgtkZXZpY2VfdHlwZRgFIAEoDjIXLnNlc3Npb25zLnYxLkRldmljZVR5cGVCC+BBAbpIBYIBAhABEiMKBHJvbGUYBiABKAlCFeBBAbpID9gBAXIKoLYYAai2GAEYQBIoCgZvcmdfaWQYByABKAlCE+BBAbpIDXILoLYYAai2GAEY/wFIAIgBARIZCgxtZmFfdmVyaWZpZWQYCCABKAhCA+BBAUIJCgdfb3JnX2lkIuYBChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USJQoHc2Vzc2lvbhgBIAEoCzIULnNlc3Npb25zLnYxLlNlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSOwoXYWNjZXNzX3Rva2VuX2V4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKGHJlZnJlc2hfdG9rZW5fZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOQoVUmVmcmVzaFNlc3Npb25SZXF1ZXN0EiAKDXJlZnJlc2hfdG9rZW4YASABKAlCCeBBArpIA8gBASL8AQoWUmVmcmVzaFNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEhIKCnRva2VuX3R5cGUYBCABKAkSEgoKZXhwaXJlc19pbhgFIAEoBRI7ChdhY2Nlc3NfdG9rZW5fZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoYcmVmcmVzaF90b2tlbl9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoZV2F0Y2hTZXNzaW9uRXZlbnRzUmVxdWVzdBISCgVhZnRlchgBIAEoCUID4EEBElAKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIl4EEBukgfsgEcIg0I/4LR/68HEP+T69wDMgsIgJK4w5j+////AToTukgQIg4KBWFmdGVyCgVzaW5jZSKdAgoaV2F0Y2hTZXNzaW9uRXZlbnRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEgwKBHR5cGUYAiABKAkSFwoKc2Vzc2lvbl9pZBgDIAEoCUgAiAEBEhQKB3VzZXJfaWQYBCABKAlIAYgBARITCgZyZWFzb24YBSABKAlIAogBARIXCgpyZXZva2VkX2J5GAYgASgJSAOIAQESEwoGa2V5X2lkGAcgASgJSASIAQESLwoLb2NjdXJyZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg0KC19zZXNzaW9uX2lkQgoKCF91c2VyX2lkQgkKB19yZWFzb25CDQoLX3Jldm9rZWRfYnlCCQoHX2tleV9pZCqCAQoNU2Vzc2lvblN0YXR1cxIeChpTRVNTSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFVNFU1NJT05fU1RBVFVTX0FDVElWRRABEhoKFlNFU1NJT05fU1RBVFVTX0VYUElSRUQQAhIaChZTRVNTSU9OX1NUQVRVU19SRVZPS0VEEAMqoAEKCkRldmljZVR5cGUSGwoXREVWSUNFX1RZUEVfVU5TUEVDSUZJRUQQABIXChNERVZJQ0VfVFlQRV9ERVNLVE9QEAESFgoSREVWSUNFX1RZUEVfTU9CSUxFEAISFgoSREVWSUNFX1RZUEVfVEFCTEVUEAMSEwoPREVWSUNFX1RZUEVfQk9UEAQSFwoTREVWSUNFX1RZUEVfVU5LTk9XThAFKtIBCglFbmRSZWFzb24SGgoWRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkVORF9SRUFTT05fUkVWT0tFRBABEhoKFkVORF9SRUFTT05fUkVWT0tFRF9BTEwQAhIiCh5FTkRfUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0UQAxIcChhFTkRfUkVBU09OX1NFU1NJT05fTElNSVQQBBIbChdFTkRfUkVBU09OX0lETEVfVElNRU9VVBAFEhYKEkVORF9SRUFTT05fRVhQSVJFRBAGKvMBCg9WZXJpZnlFcnJvckNvZGUSIQodVkVSSUZZX0VSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIjCh9WRVJJRllfRVJST1JfQ09ERV9JTlZBTElEX1RPS0VOEAESIwofVkVSSUZZX0VSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBACEiUKIVZFUklGWV9FUlJPUl9DT0RFX1RFTkFOVF9NSVNNQVRDSBADEiUKIVZFUklGWV9FUlJPUl9DT0RFX1NFU1NJT05fUkVWT0tFRBAEEiUKIVZFUklGWV9FUlJPUl9DT0RFX1NFU1NJT05fRVhQSVJFRBAFMt4HCg5TZXNzaW9uU2VydmljZRJsCgxMaXN0U2Vzc2lvbnMSIC5zZXNzaW9ucy52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiEuc2Vzc2lvbnMudjEuTGlzdFNlc3Npb25zUmVzcG9uc2UiF5ACAYLT5JMCDhIML3YxL3Nlc3Npb25zEnQKCkdldFNlc3Npb24SHi5zZXNzaW9ucy52MS5HZXRTZXNzaW9uUmVxdWVzdBofLnNlc3Npb25zLnYxLkdldFNlc3Npb25SZXNwb25zZSIlkAIBgtPkkwIcYgdzZXNzaW9uEhEvdjEvc2Vzc2lvbnMve2lkfRJ2Cg1SZXZva2VTZXNzaW9uEiEuc2Vzc2lvbnMudjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaIi5zZXNzaW9ucy52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2UiHoi1GMwBgtPkkwITKhEvdjEvc2Vzc2lvbnMve2lkfRJvCg5SZXZva2VTZXNzaW9ucxIiLnNlc3Npb25zLnYxLlJldm9rZVNlc3Npb25zUmVxdWVzdBojLnNlc3Npb25zLnYxLlJldm9rZVNlc3Npb25zUmVzcG9uc2UiFILT5JMCDioML3YxL3Nlc3Npb25zEnQKC1ZlcmlmeVRva2VuEh8uc2Vzc2lvbnMudjEuVmVyaWZ5VG9rZW5SZXF1ZXN0GiAuc2Vzc2lvbnMudjEuVmVyaWZ5VG9rZW5SZXNwb25zZSIioLUYAYLT5JMCGDoBKiITL3YxL3Nlc3Npb25zL3ZlcmlmeRJ4Cg1DcmVhdGVTZXNzaW9uEiEuc2Vzc2lvbnMudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIi5zZXNzaW9ucy52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2UiIIi1GMkBmLUYAYLT5JMCEToBKiIML3YxL3Nlc3Npb25zEoQBCg5SZWZyZXNoU2Vzc2lvbhIiLnNlc3Npb25zLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBojLnNlc3Npb25zLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2UiKZC1GAGYtRgBgtPkkwIbOgEqIhYvdjEvYXV0aC90b2tlbi9yZWZyZXNoEocBChJXYXRjaFNlc3Npb25FdmVudHMSJi5zZXNzaW9ucy52MS5XYXRjaFNlc3Npb25FdmVudHNSZXF1ZXN0Gicuc2Vzc2lvbnMudjEuV2F0Y2hTZXNzaW9uRXZlbnRzUmVzcG9uc2UiHpACAYLT5JMCFRITL3YxL3Nlc3Npb25zL2V2ZW50czABYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_sessions_v1_options, file_sessions_v1_rules]);
 
 /**
  * Session is one signed-in user on one device. The service sets every field: those that come from
@@ -125,18 +125,20 @@ export type Session = Message<"sessions.v1.Session"> & {
   mfaVerified: boolean;
 
   /**
-   * revoked_at is when the session ended (revoked, or expired by time), unset while it is active.
+   * ended_at is when the session ended, revoked or expired by time; unset while it is active.
+   * REST keeps the name it was published with, revoked_at.
    *
-   * @generated from field: google.protobuf.Timestamp revoked_at = 15;
+   * @generated from field: google.protobuf.Timestamp ended_at = 15;
    */
-  revokedAt?: Timestamp | undefined;
+  endedAt?: Timestamp | undefined;
 
   /**
-   * revoke_reason says why the session ended, unspecified while it is active.
+   * end_reason says why the session ended, unspecified while it is active. REST keeps the name it
+   * was published with, revoke_reason.
    *
-   * @generated from field: sessions.v1.RevokeReason revoke_reason = 16;
+   * @generated from field: sessions.v1.EndReason end_reason = 16;
    */
-  revokeReason: RevokeReason;
+  endReason: EndReason;
 
   /**
    * revoked_by is the id of the API key whose call revoked the session, when one did.
@@ -505,11 +507,12 @@ export const VerifyTokenResponseSchema: GenMessage<VerifyTokenResponse> = /*@__P
  */
 export type VerifyError = Message<"sessions.v1.VerifyError"> & {
   /**
-   * code is one of token_expired, invalid_token, session_revoked, session_expired, tenant_mismatch.
+   * code says why, one of the VerifyErrorCode values (in REST JSON: token_expired, invalid_token,
+   * session_revoked, session_expired, tenant_mismatch). It replaced a string field, number 1.
    *
-   * @generated from field: string code = 1;
+   * @generated from field: sessions.v1.VerifyErrorCode code = 3;
    */
-  code: string;
+  code: VerifyErrorCode;
 
   /**
    * message is a human-readable explanation.
@@ -929,66 +932,123 @@ export const DeviceTypeSchema: GenEnum<DeviceType> = /*@__PURE__*/
   enumDesc(file_sessions_v1_sessions, 1);
 
 /**
- * RevokeReason says why a session ended.
+ * EndReason says why a session ended: revoked (the first four), or expired by time (the last two).
  *
- * @generated from enum sessions.v1.RevokeReason
+ * @generated from enum sessions.v1.EndReason
  */
-export enum RevokeReason {
+export enum EndReason {
   /**
-   * REVOKE_REASON_UNSPECIFIED means the session has not ended.
+   * END_REASON_UNSPECIFIED means the session has not ended.
    *
-   * @generated from enum value: REVOKE_REASON_UNSPECIFIED = 0;
+   * @generated from enum value: END_REASON_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * REVOKE_REASON_REVOKED is a single-session revoke.
+   * END_REASON_REVOKED is a single-session revoke.
    *
-   * @generated from enum value: REVOKE_REASON_REVOKED = 1;
+   * @generated from enum value: END_REASON_REVOKED = 1;
    */
   REVOKED = 1,
 
   /**
-   * REVOKE_REASON_REVOKED_ALL is a revoke of all of a user's or a tenant's sessions.
+   * END_REASON_REVOKED_ALL is a revoke of all of a user's or a tenant's sessions.
    *
-   * @generated from enum value: REVOKE_REASON_REVOKED_ALL = 2;
+   * @generated from enum value: END_REASON_REVOKED_ALL = 2;
    */
   REVOKED_ALL = 2,
 
   /**
-   * REVOKE_REASON_REFRESH_TOKEN_REUSE is a refresh token presented again after it was rotated away.
+   * END_REASON_REFRESH_TOKEN_REUSE is a refresh token presented again after it was rotated away.
    *
-   * @generated from enum value: REVOKE_REASON_REFRESH_TOKEN_REUSE = 3;
+   * @generated from enum value: END_REASON_REFRESH_TOKEN_REUSE = 3;
    */
   REFRESH_TOKEN_REUSE = 3,
 
   /**
-   * REVOKE_REASON_SESSION_LIMIT is the oldest session of a user at the tenant's per-user cap.
+   * END_REASON_SESSION_LIMIT is the oldest session of a user at the tenant's per-user cap.
    *
-   * @generated from enum value: REVOKE_REASON_SESSION_LIMIT = 4;
+   * @generated from enum value: END_REASON_SESSION_LIMIT = 4;
    */
   SESSION_LIMIT = 4,
 
   /**
-   * REVOKE_REASON_IDLE_TIMEOUT is a session not refreshed within the tenant's idle timeout.
+   * END_REASON_IDLE_TIMEOUT is a session not refreshed within the tenant's idle timeout (expired).
    *
-   * @generated from enum value: REVOKE_REASON_IDLE_TIMEOUT = 5;
+   * @generated from enum value: END_REASON_IDLE_TIMEOUT = 5;
    */
   IDLE_TIMEOUT = 5,
 
   /**
-   * REVOKE_REASON_EXPIRED is a session past its absolute lifetime.
+   * END_REASON_EXPIRED is a session past its absolute lifetime (expired).
    *
-   * @generated from enum value: REVOKE_REASON_EXPIRED = 6;
+   * @generated from enum value: END_REASON_EXPIRED = 6;
    */
   EXPIRED = 6,
 }
 
 /**
- * Describes the enum sessions.v1.RevokeReason.
+ * Describes the enum sessions.v1.EndReason.
  */
-export const RevokeReasonSchema: GenEnum<RevokeReason> = /*@__PURE__*/
+export const EndReasonSchema: GenEnum<EndReason> = /*@__PURE__*/
   enumDesc(file_sessions_v1_sessions, 2);
+
+/**
+ * VerifyErrorCode is why an access token is not valid. The first failing check decides it.
+ *
+ * @generated from enum sessions.v1.VerifyErrorCode
+ */
+export enum VerifyErrorCode {
+  /**
+   * VERIFY_ERROR_CODE_UNSPECIFIED is never sent.
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * VERIFY_ERROR_CODE_INVALID_TOKEN is a token that is malformed, not signed by a key of the
+   * service, has claims the service would not issue, or whose session does not exist.
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_INVALID_TOKEN = 1;
+   */
+  INVALID_TOKEN = 1,
+
+  /**
+   * VERIFY_ERROR_CODE_TOKEN_EXPIRED is an authentic token past its expiry.
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_TOKEN_EXPIRED = 2;
+   */
+  TOKEN_EXPIRED = 2,
+
+  /**
+   * VERIFY_ERROR_CODE_TENANT_MISMATCH is a token of another tenant.
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_TENANT_MISMATCH = 3;
+   */
+  TENANT_MISMATCH = 3,
+
+  /**
+   * VERIFY_ERROR_CODE_SESSION_REVOKED is a token whose session was revoked.
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_SESSION_REVOKED = 4;
+   */
+  SESSION_REVOKED = 4,
+
+  /**
+   * VERIFY_ERROR_CODE_SESSION_EXPIRED is a token whose session ended by time (its absolute
+   * lifetime or its idle timeout).
+   *
+   * @generated from enum value: VERIFY_ERROR_CODE_SESSION_EXPIRED = 5;
+   */
+  SESSION_EXPIRED = 5,
+}
+
+/**
+ * Describes the enum sessions.v1.VerifyErrorCode.
+ */
+export const VerifyErrorCodeSchema: GenEnum<VerifyErrorCode> = /*@__PURE__*/
+  enumDesc(file_sessions_v1_sessions, 3);
 
 /**
  * SessionService manages the sessions of a tenant's users: one signed-in user on one device,
