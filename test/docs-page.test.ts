@@ -9,7 +9,7 @@ import { startTestServer, type TestServer } from "./helpers/server.js";
  * error, and shows every operation of /openapi.json. It leaves a screenshot in test-artifacts/.
  */
 
-const chromiumPath = process.env.CHROMIUM_PATH ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
+const chromiumPath = (process.env.CHROMIUM_PATH ? [process.env.CHROMIUM_PATH] : ["/usr/bin/chromium", "/usr/bin/chromium-browser"]).find((p) => existsSync(p));
 const screenshotPath = new URL("../test-artifacts/docs.png", import.meta.url).pathname;
 
 let server: TestServer;

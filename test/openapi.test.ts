@@ -37,7 +37,7 @@ interface Operation {
 interface Document {
   openapi: string;
   paths: Record<string, Record<string, Operation>>;
-  components: { schemas: Record<string, Schema>; securitySchemes: Record<string, Schema> };
+  components: { schemas: Record<string, Schema>; headers: Record<string, { schema?: Schema }>; securitySchemes: Record<string, Schema> };
 }
 
 const generated = JSON.parse(readFileSync(new URL("../gen/openapi/sessions.openapi.json", import.meta.url), "utf8")) as Document;
@@ -181,10 +181,12 @@ function expectConforms(op: Operation, { operationId, status, headers, json }: E
   (exercised.get(operationId) ?? exercised.set(operationId, new Set()).get(operationId))?.add(status);
   const response = op.responses[String(status)];
   if (!response) expect.fail(`${operationId} answered ${status}, which the document does not list (${Object.keys(op.responses).join(", ")}): ${text}`);
-  for (const [name, header] of Object.entries(response.headers ?? {})) {
+  for (const [name, given] of Object.entries(response.headers ?? {})) {
+    const header = given.$ref ? doc.components.headers[given.$ref.replace("#/components/headers/", "")] : given;
     const value = headers.get(name);
     expect(value, `${operationId} ${status}: header ${name}`).not.toBeNull();
-    if (header.schema) expectValid(header.schema, value, `${operationId} ${status}: header ${name}`);
+    expect(header?.schema, `${operationId} ${status}: header ${name} has a schema`).toBeDefined();
+    expectValid(header?.schema as Schema, value, `${operationId} ${status}: header ${name}`);
   }
   const content = Object.entries(response.content ?? {});
   if (content.length === 0) {

@@ -93,6 +93,10 @@ export function generateOpenApi(request: CodeGeneratorRequest): { name: string; 
           description: "The request's id, also in every error body: the caller's X-Request-ID when well-formed, else `req_…`.",
           schema: { type: "string" },
         },
+        "Retry-After": {
+          description: "Seconds to wait before trying again.",
+          schema: { type: "string", pattern: "^[0-9]+$" },
+        },
       },
       securitySchemes: {
         secretKey: {
@@ -298,9 +302,11 @@ function operationOf(route: Route, errors: ReadonlySet<ErrorCode>, schemas: Sche
   for (const [status, codes] of errorStatuses(route, errors, isPublic)) {
     // The envelope, narrowed to the codes this route answers with this status.
     const narrowed = { type: "object", properties: { error: { type: "object", properties: { code: { enum: codes }, status: { const: status } } } } };
+    // The pipeline tells a client it may retry, and when: rate limits and an unavailable database.
+    const retryAfter: Schema = codes.some((c) => c === "rate_limit_exceeded" || c === "unavailable") ? { "Retry-After": { $ref: "#/components/headers/Retry-After" } } : {};
     responses[String(status)] = {
       description: codes.map((c) => `\`${c}\``).join(", "),
-      headers: { "X-Request-ID": { $ref: "#/components/headers/X-Request-ID" } },
+      headers: { "X-Request-ID": { $ref: "#/components/headers/X-Request-ID" }, ...retryAfter },
       content: { "application/json": { schema: { allOf: [{ $ref: "#/components/schemas/Error" }, narrowed] } } },
     };
   }
