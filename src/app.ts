@@ -10,7 +10,6 @@ import { registerApiDocs } from "./transport/api-docs.js";
 import { createPipeline } from "./transport/pipeline.js";
 import { registerHealth } from "./transport/health.js";
 import { createMetrics } from "./transport/metrics.js";
-import { createRateLimits } from "./transport/rate-limits.js";
 import { registerReflection } from "./transport/reflection.js";
 import { refuseOnResponse, refuseOnSocket, registerRest, registerRestErrors, restServerOptions } from "./transport/rest.js";
 import { registerRpcRoutes } from "./transport/rpc-routes.js";
@@ -103,7 +102,7 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     authenticator: services.authenticator,
     log: app.log,
     metrics,
-    rateLimits: createRateLimits(config.rateLimits),
+    rateLimits: services.rateLimits,
   });
   const readiness = async () =>
     isShuttingDown || isDraining?.()

@@ -45,6 +45,15 @@ class Reader {
     }
     return value;
   }
+  /** A URL with one of `protocols`, or undefined when unset or empty (the feature it enables is off). */
+  optionalUrl(name: string, protocols: readonly string[]): string | undefined {
+    const value = (this.raw(name) ?? "").trim();
+    if (value === "") return undefined;
+    if (!URL.canParse(value) || !protocols.includes(new URL(value).protocol)) {
+      this.problem(name, `must be a ${protocols.map((p) => `${p}//`).join(" or ")} URL`);
+    }
+    return value;
+  }
   /** Comma-separated web origins (`https://app.example.com`, scheme, host and port only); empty: none. */
   origins(name: string): string[] {
     const value = (this.raw(name) ?? "").trim();
@@ -133,6 +142,10 @@ function readConfig(env: NodeJS.ProcessEnv) {
       // Failed authentications per client address before new keys from it stop being looked up.
       authFailuresPerMinute: r.int("RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", 0, 10_000_000, 100),
     },
+    // Rate-limit counters shared by every instance (off: each instance counts alone), and the prefix
+    // of their keys, for deployments that share one Redis.
+    redisUrl: r.optionalUrl("REDIS_URL", ["redis:", "rediss:"]),
+    redisKeyPrefix: r.text("REDIS_KEY_PREFIX", "sessions"),
     trustProxy: r.trustProxy("TRUST_PROXY"),
     // Ended sessions and rotated refresh tokens are deleted this many days after their end.
     retentionDays: r.int("RETENTION_DAYS", 1, 3650, 30),

@@ -13,6 +13,8 @@ import type { EventStore, SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger, flushLogs } from "./logger.js";
 import { closePool, openDatabase, poolStats, probeDatabase, type Pool } from "./store/db.js";
+import { openSharedCounters } from "./store/redis.js";
+import { createRateLimits, type RateLimits } from "./transport/rate-limits.js";
 import { createLeaseStore } from "./store/lease-store.js";
 import { createSweepStore } from "./store/sweep-store.js";
 import { migrate } from "./store/migrate.js";
@@ -47,6 +49,8 @@ export interface Services {
   eventCursorKey: Buffer;
   /** Sends the event log to webhook endpoints (one instance at a time). */
   webhookDispatcher: WebhookDispatcher;
+  /** Rate limits, in Redis when REDIS_URL is set (shared by every instance), else in this instance's memory. */
+  rateLimits: RateLimits;
   log: Logger;
   /**
    * Whether this instance can serve: the database answers and takes writes, and the signing keys
@@ -162,6 +166,26 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       onError: (err) => log.error({ err }, "reading events failed"),
     });
     const eventCursorKey = deriveKey("sessions/event-cursor/v1");
+    const counters =
+      config.redisUrl === undefined
+        ? undefined
+        : openSharedCounters(config.redisUrl, {
+            onChange: (isUp, err) =>
+              isUp
+                ? log.info("rate-limit counters: Redis is up, limits are shared by every instance")
+                : log.warn({ reason: err?.message }, "rate-limit counters: Redis is unreachable, each instance counts alone until it returns"),
+          });
+    if (counters !== undefined) {
+      new Gauge({
+        name: "sessions_rate_limit_store_up",
+        help: "1 while the shared rate-limit counters (Redis) answer, 0 while each instance counts alone.",
+        registers: [metricsRegistry],
+        collect() {
+          this.set(counters.isUp() ? 1 : 0);
+        },
+      });
+    }
+    const rateLimits = createRateLimits(config.rateLimits, counters && { counters, keyPrefix: config.redisKeyPrefix });
     const webhookDispatcher = createWebhookDispatcher({
       store: webhookStore,
       events: eventStore,
@@ -197,6 +221,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       eventFeed,
       eventCursorKey,
       webhookDispatcher,
+      rateLimits,
       log,
       async readiness(timeoutMs) {
         const problems: string[] = [];
@@ -216,6 +241,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
         await webhookDispatcher.stop();
         await eventSequencer.stop();
         await sessionSweep.stop();
+        await counters?.close();
         await closePool(pool);
         flushLogs(log);
       },

@@ -1,8 +1,9 @@
 import { getOption, type DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
-import { RateLimiterMemory, RateLimiterRes } from "rate-limiter-flexible";
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
 import { is_public, rate_limit_tier, RateLimitTier } from "../../gen/sessions/v1/options_pb.js";
 import { AppError } from "../domain/errors.js";
+import type { SharedCounters } from "../store/redis.js";
 import type { CallInfo } from "./pipeline.js";
 
 /** What a limit needs of a call: who sends it, and where its X-RateLimit-* headers go. */
@@ -47,23 +48,30 @@ export interface RateLimits {
 }
 
 /**
- * Fixed one-minute windows kept in this instance's memory (rate-limiter-flexible). With N instances
- * behind a balancer a client gets up to N times each limit; a shared store is not built. A limit of
- * 0 turns that limit off. By default only the unauthenticated refresh is limited (per IP) and failed
- * authentications are budgeted per IP: a healthy tenant's traffic is never throttled unless its
- * operator opts in to per-tenant limits.
+ * Fixed one-minute windows (rate-limiter-flexible). Without `shared` they are kept in this instance's
+ * memory: with N instances behind a balancer a client gets up to N times each limit. With `shared`
+ * (REDIS_URL) the counters live in Redis under `keyPrefix`, one budget for every instance; while
+ * Redis cannot answer, each instance counts in its own memory again (limits are protection, not
+ * correctness: calls never fail because Redis did). A limit of 0 turns that limit off. By default
+ * only the unauthenticated refresh is limited (per IP) and failed authentications are budgeted per
+ * IP: a healthy tenant's traffic is never throttled unless its operator opts in to per-tenant limits.
  */
-export function createRateLimits(config: RateLimitConfig): RateLimits {
-  const limiter = (points: number) => (points > 0 ? new RateLimiterMemory({ points, duration: 60 }) : undefined);
-  const ip = limiter(config.ipPerMinute);
-  const authFailures = limiter(config.authFailuresPerMinute);
-  const tiers: Record<Tier, RateLimiterMemory | undefined> = {
-    read: limiter(config.readPerMinute),
-    write: limiter(config.writePerMinute),
-    refresh: limiter(config.refreshPerMinute),
+export function createRateLimits(config: RateLimitConfig, shared?: { counters: SharedCounters; keyPrefix: string }): RateLimits {
+  const limiter = (name: string, points: number): RateLimiterAbstract | undefined => {
+    if (points <= 0) return undefined;
+    const memory = new RateLimiterMemory({ points, duration: 60 });
+    if (shared === undefined) return memory;
+    return new RateLimiterRedis({ storeClient: shared.counters.client, keyPrefix: `${shared.keyPrefix}:${name}`, points, duration: 60, insuranceLimiter: memory });
+  };
+  const ip = limiter("ip", config.ipPerMinute);
+  const authFailures = limiter("auth_failures", config.authFailuresPerMinute);
+  const tiers: Record<Tier, RateLimiterAbstract | undefined> = {
+    read: limiter("read", config.readPerMinute),
+    write: limiter("write", config.writePerMinute),
+    refresh: limiter("refresh", config.refreshPerMinute),
   };
 
-  async function take(rl: RateLimiterMemory, key: string, call: LimitedCall, isReported: boolean): Promise<void> {
+  async function take(rl: RateLimiterAbstract, key: string, call: LimitedCall, isReported: boolean): Promise<void> {
     let res: RateLimiterRes;
     let isExceeded = false;
     try {
