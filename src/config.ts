@@ -15,10 +15,23 @@ class Reader {
   readonly problems: string[] = [];
   constructor(private readonly env: NodeJS.ProcessEnv) {}
 
-  /** The variable's value, or undefined when unset or empty. */
+  /**
+   * The variable's value, or undefined when unset. Set but empty (`PORT=`, or a shell variable that
+   * expanded to nothing) is a mistake, never a quiet default: a production DATABASE_URL= must not
+   * mean the local database.
+   */
   private raw(name: string): string | undefined {
     const value = this.env[name];
-    return value === undefined || value === "" ? undefined : value;
+    if (value === undefined) return undefined;
+    if (value.trim() === "") {
+      this.problem(name, "is set but empty; unset it to use the default, or give a value");
+      return undefined;
+    }
+    return value;
+  }
+  /** For the variables whose empty value is documented to mean off (REDIS_URL, CORS_ORIGINS, TRUST_PROXY). */
+  private rawOrEmpty(name: string): string {
+    return (this.env[name] ?? "").trim();
   }
   problem(name: string, message: string): void {
     this.problems.push(`${name}: ${message}`);
@@ -47,7 +60,7 @@ class Reader {
   }
   /** A URL with one of `protocols`, or undefined when unset or empty (the feature it enables is off). */
   optionalUrl(name: string, protocols: readonly string[]): string | undefined {
-    const value = (this.raw(name) ?? "").trim();
+    const value = this.rawOrEmpty(name);
     if (value === "") return undefined;
     if (!URL.canParse(value) || !protocols.includes(new URL(value).protocol)) {
       this.problem(name, `must be a ${protocols.map((p) => `${p}//`).join(" or ")} URL`);
@@ -56,7 +69,7 @@ class Reader {
   }
   /** Comma-separated web origins (`https://app.example.com`, scheme, host and port only); empty: none. */
   origins(name: string): string[] {
-    const value = (this.raw(name) ?? "").trim();
+    const value = this.rawOrEmpty(name);
     if (value === "") return [];
     const origins = value.split(",").map((o) => o.trim());
     for (const origin of origins) {
@@ -82,7 +95,7 @@ class Reader {
    * and logs see.
    */
   trustProxy(name: string): false | number | string[] {
-    const value = (this.raw(name) ?? "").trim();
+    const value = this.rawOrEmpty(name);
     if (value === "" || value === "false") return false;
     if (/^\d+$/.test(value)) return Number(value);
     const entries = value.split(",").map((e) => e.trim());

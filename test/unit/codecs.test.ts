@@ -202,8 +202,8 @@ describe("config", () => {
     expect(err?.message).toContain("MAX_CONNECTIONS: must be an integer from 1 to");
   });
 
-  it("uses the defaults for unset or empty variables, and refuses to run production without its own key", () => {
-    expect(env({ PORT: "", SWEEP_INTERVAL_SECONDS: "0" })).toMatchObject({ port: 8080, sweepIntervalMs: 0, databaseUrl: "mysql://root@127.0.0.1:3306/sessions" });
+  it("uses the defaults for unset variables, and refuses to run production without its own key", () => {
+    expect(env({ SWEEP_INTERVAL_SECONDS: "0" })).toMatchObject({ port: 8080, sweepIntervalMs: 0, databaseUrl: "mysql://root@127.0.0.1:3306/sessions" });
     expect(() => loadConfig({ NODE_ENV: "production" })).toThrow(/KEY_ENCRYPTION_KEY: is required in production/);
     expect(() => loadConfig({ NODE_ENV: "production", KEY_ENCRYPTION_KEY: developmentKeyEncryptionKey })).toThrow(/must not be the development key/);
     const kek = Buffer.alloc(32, 7);
@@ -222,6 +222,14 @@ describe("config", () => {
     expect(env({}).issuer).toBe("http://localhost:8080");
     expect(env({ PORT: "9090" }).issuer).toBe("http://localhost:9090");
     expect(env({ PORT: "9090", ISSUER: "https://auth.example.com" }).issuer).toBe("https://auth.example.com");
+  });
+
+  it("refuses a variable set but empty, naming it, where empty is not documented to mean off", () => {
+    for (const name of ["PORT", "DATABASE_URL", "ISSUER", "LOG_LEVEL", "HOST", "KEY_ENCRYPTION_KEY", "RATE_LIMIT_IP_PER_MINUTE"]) {
+      for (const empty of ["", "  "]) expect(() => env({ [name]: empty }), `${name}=${JSON.stringify(empty)}`).toThrow(new RegExp(`${name}: is set but empty`));
+    }
+    // Empty means off for these, as documented.
+    expect(env({ REDIS_URL: "", CORS_ORIGINS: "", TRUST_PROXY: "" })).toMatchObject({ redisUrl: undefined, corsOrigins: [], trustProxy: false });
   });
 
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
