@@ -255,6 +255,21 @@ describe("destructive calls need explicit intent", () => {
     expect((await getSession(victim.session.id)).status).toBe("active");
   });
 
+  it.each(["all_users=false", "allUsers=false", "all_users=0", "all_users=", "all_users=false&except_session_id=ses_01HZZZZZZZZZZZZZZZZZZZZZZZ"])(
+    "DELETE /v1/sessions?%s (a request that says not everyone, and names no user) is 400 and revokes nothing",
+    async (query) => {
+      const tenant = { ...server, tenant: await server.addTenant("not everyone") } as TestServer;
+      const victim = await create("usr_not_everyone", tenant);
+      const res = await call(tenant, "DELETE", `/v1/sessions?${query}`);
+      expect(res.status).toBe(400);
+      expect(res.json?.error.code).toBe("invalid_request");
+      expect((await getSessionOf(tenant, victim.session.id)).status).toBe("active");
+      // all_users=true, like no filter at all, is the seed's revoke-all.
+      expect((await call(tenant, "DELETE", "/v1/sessions?all_users=true")).json).toEqual({ revoked: 1 });
+      expect((await getSessionOf(tenant, victim.session.id)).status).toBe("revoked");
+    },
+  );
+
   it("over gRPC and Connect a missing, null or empty user_id is INVALID_ARGUMENT; only all_users revokes every user", async () => {
     const tenant = await server.addTenant("explicit");
     const other = { ...server, tenant } as TestServer;

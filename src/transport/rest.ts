@@ -185,7 +185,10 @@ function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
       fromRestParams(method.input, request.query as RestParams, { into: input, exclude: boundFields });
       fromRestParams(method.input, request.params as RestParams, { into: input });
       for (const { field, unless } of implied) {
-        if (!isFieldSet(input, unless) && !isFieldSet(input, field)) reflect(method.input, input).set(field, true);
+        // Only a request that names neither field: `all_users=false` is a request that says "not
+        // everyone" and names no user, refused by the proto's rules, never read as revoke-all.
+        const isNamed = (f: DescField) => [request.query, bodyJson].some((given) => typeof given === "object" && given !== null && (Object.hasOwn(given, f.name) || Object.hasOwn(given, f.jsonName)));
+        if (!isFieldSet(input, unless) && !isFieldSet(input, field) && !isNamed(field)) reflect(method.input, input).set(field, true);
       }
       output = await target.run(input, info);
     } finally {
@@ -200,7 +203,7 @@ function restHandler(route: RestRoute, target: PipelineMethod | undefined) {
 
 /**
  * Bool fields marked `implied_over_rest_without` (options.proto): over REST they are true when
- * the request leaves out both them and the field the option names (DELETE /v1/sessions without
+ * the request leaves out (does not even name) both them and the field the option names (DELETE /v1/sessions without
  * user_id is the seed's revoke-all, which RPC callers must ask for with all_users).
  */
 function impliedFieldsOf(method: DescMethod): { field: DescField; unless: DescField }[] {
