@@ -81,9 +81,11 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     // statements to cache. mysql2's default reserves room for 16,000 per connection, ~0.5 MiB each.
     maxPreparedStatements: 1,
   } as const;
+  let isGalera = false;
   try {
     const admin = await mysql.createConnection(common);
     try {
+      isGalera = await detectGalera(admin);
       // Created only when missing: a read-only server (a failover) refuses even CREATE ... IF NOT EXISTS.
       const [found] = await admin.query<RowDataPacket[]>({
         sql: "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
@@ -112,6 +114,7 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
   });
   const open = new Set<{ stream: Socket }>();
   openConnections.set(pool, open);
+  if (isGalera) galeraPools.add(pool);
   pool.pool.on("connection", (conn) => {
     const tracked = conn as unknown as { stream: Socket };
     open.add(tracked);
@@ -120,7 +123,7 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     // cannot surface as an unhandled 'error' event; the connection is then destroyed, so the
     // caller's statement fails (and is translated) rather than run in the server's own sql_mode.
     conn.query(
-      `SET NAMES ${pinnedCharset}, SESSION sql_mode = '${pinnedSqlMode}', SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}`,
+      `SET NAMES ${pinnedCharset}, SESSION sql_mode = '${pinnedSqlMode}', SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = ${lockWaitTimeoutSeconds}${isGalera ? `, SESSION wsrep_sync_wait = ${galeraSyncWait}` : ""}`,
       (err: unknown) => {
         if (err) tracked.stream.destroy();
       },
@@ -136,6 +139,35 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
 }
 
 /**
+ * On a Galera node, reads wait for causality: `wsrep_sync_wait = 1` makes every SELECT (and BEGIN)
+ * wait until the node has applied every write set the cluster had committed when the read began.
+ * Without it a node answers from what it has applied so far, which may lag behind a commit made
+ * through another node by a moment: a session revoked through node 1 would still verify through
+ * node 3, and a refresh could read a token another node already rotated. The service reads the state
+ * of sessions, tokens, keys and leases with plain SELECTs, so it is set for the whole connection;
+ * writes need no wait (bit 2 and 4): each is guarded by what it read, and a write against a row
+ * version the cluster has moved past fails certification, which is retried (1213).
+ */
+const galeraSyncWait = 1;
+
+/** Pools whose server is a Galera node with replication on (found at open). */
+const galeraPools = new WeakSet<Pool>();
+
+/** True when the pool's server is a Galera node, where causal reads are on (see galeraSyncWait). */
+export function isGaleraPool(pool: Pool): boolean {
+  return galeraPools.has(pool);
+}
+
+/**
+ * Whether the server is a node of a Galera cluster with replication on. SHOW VARIABLES answers on
+ * MySQL 8.0 too, where no wsrep_ variable exists: an empty result, not an error.
+ */
+async function detectGalera(conn: mysql.Connection): Promise<boolean> {
+  const [rows] = await conn.query<RowDataPacket[]>({ sql: "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'", timeout: operationTimeoutMs });
+  return String(rows[0]?.Value ?? "OFF").toUpperCase() === "ON";
+}
+
+/**
  * What checkSession sends and expects back unchanged: every character escaping depends on, and the
  * UTF-8 of "中¿" whose bytes end in 0xBF (GBK's lead byte before a backslash).
  */
@@ -144,20 +176,24 @@ const escapingProbe = "a'b\\c\"d`e\u0000f\nz\u4e2d\u00bf'\\'";
 /**
  * At start, proves on a pooled connection what correctness relies on: the pinned sql_mode and
  * character set are in force, and a string with quotes, backslashes, NUL and multi-byte characters
- * goes to the server and back unchanged.
+ * goes to the server and back unchanged; on Galera, that reads are causal.
  */
 async function checkSession(pool: Pool): Promise<void> {
+  const isGalera = isGaleraPool(pool);
   const rows = await query<RowDataPacket[]>(
     pool,
-    `SELECT @@SESSION.sql_mode AS mode, CONCAT_WS(',', @@character_set_client, @@character_set_connection, @@character_set_results) AS charsets, ? AS probe`,
+    `SELECT @@SESSION.sql_mode AS mode, CONCAT_WS(',', @@character_set_client, @@character_set_connection, @@character_set_results) AS charsets, ? AS probe${isGalera ? ", @@SESSION.wsrep_sync_wait AS syncWait" : ""}`,
     [escapingProbe],
   );
-  const { mode, charsets, probe } = rows[0] as { mode: string; charsets: string; probe: string };
+  const { mode, charsets, probe, syncWait } = rows[0] as { mode: string; charsets: string; probe: string; syncWait?: number };
   const modes = (list: string) => list.split(",").sort().join(",");
   if (modes(mode) !== modes(pinnedSqlMode) || charsets !== [pinnedCharset, pinnedCharset, pinnedCharset].join(",") || probe !== escapingProbe) {
     throw new Error(
       `the database session does not run in the SQL mode and character set the service pins (it has "${mode}", ${charsets}): refusing to start`,
     );
+  }
+  if (isGalera && Number(syncWait) !== galeraSyncWait) {
+    throw new Error(`the Galera session does not read causally (wsrep_sync_wait is ${syncWait}, not ${galeraSyncWait}): refusing to start`);
   }
 }
 
