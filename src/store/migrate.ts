@@ -1,6 +1,7 @@
 import { readdir, readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import type { Pool } from "./db.js";
+import { withRowLock } from "./row-lock.js";
 
 const migrationsDir = fileURLToPath(new URL("./migrations/", import.meta.url));
 
@@ -9,7 +10,10 @@ const lockTimeoutSeconds = 60;
 
 /**
  * Applies the forward-only SQL migrations in src/store/migrations in name order, each once.
- * A named lock serialises instances that start together. MySQL commits DDL implicitly, so a file
+ * A claimed row (src/store/row-lock.ts) serialises instances that start together, on one server or
+ * on different nodes of a Galera cluster, where GET_LOCK would be each node's own and two instances
+ * would both apply, say, an ADD COLUMN or a CREATE TRIGGER (the second failing, and its start with
+ * it). MySQL commits DDL implicitly, so a file
  * cannot be one transaction: each statement that completes is recorded (`<file>#<n>`), and a start
  * that died half-way resumes after the last recorded statement. (`ADD COLUMN IF NOT EXISTS` would
  * do the same per statement, but MySQL 8 does not have it.)
@@ -19,10 +23,17 @@ export async function migrate(pool: Pool): Promise<string[]> {
   // Nothing to do is found out by reading only, so an instance can start (and serve reads) while
   // the server is read-only, as during a failover.
   if (await isUpToDate(pool, files)) return [];
-  const conn = await pool.getConnection();
-  try {
-    const [[lock]] = (await conn.query("SELECT GET_LOCK('sessions_migrate', ?) AS got", [lockTimeoutSeconds])) as unknown as [[{ got: number }]];
-    if (lock.got !== 1) throw new Error("could not take the migration lock");
+  // The lock's table, made before the lock can be taken: instances doing this together are safe,
+  // since CREATE TABLE IF NOT EXISTS is atomic (and on Galera replicated in total order).
+  await pool.query(
+    `CREATE TABLE IF NOT EXISTS schema_migrations_lock (
+       name VARBINARY(64) NOT NULL PRIMARY KEY,
+       holder VARBINARY(64) NOT NULL,
+       expires_at DATETIME(6) NOT NULL
+     ) ENGINE=InnoDB`,
+  );
+  return withRowLock(pool, { table: "schema_migrations_lock", name: "migrate", waitSeconds: lockTimeoutSeconds }, async () => {
+    const conn = await pool.getConnection();
     try {
       await conn.query(
         `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -30,6 +41,7 @@ export async function migrate(pool: Pool): Promise<string[]> {
            applied_at DATETIME(6) NOT NULL
          ) ENGINE=InnoDB`,
       );
+      // Read after taking the lock: what the previous holder recorded, on whichever server it ran.
       const [rows] = (await conn.query("SELECT version FROM schema_migrations")) as unknown as [{ version: string }[]];
       const done = new Set(rows.map((r) => r.version));
       const applied: string[] = [];
@@ -49,11 +61,9 @@ export async function migrate(pool: Pool): Promise<string[]> {
       }
       return applied;
     } finally {
-      await conn.query("SELECT RELEASE_LOCK('sessions_migrate')");
+      conn.release();
     }
-  } finally {
-    conn.release();
-  }
+  });
 }
 
 /** True when every migration file is recorded as applied (false too when there is no record yet). */

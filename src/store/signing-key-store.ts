@@ -1,7 +1,8 @@
 import type { RowDataPacket } from "mysql2/promise";
 import type { SigningKeyRecord } from "../domain/model.js";
 import type { SigningKeyStore } from "../domain/ports.js";
-import { query, text, translateDriverError, type Pool } from "./db.js";
+import { query, text, type Pool } from "./db.js";
+import { withRowLock } from "./row-lock.js";
 
 interface SigningKeyRow extends RowDataPacket {
   id: Buffer;
@@ -51,22 +52,9 @@ export function createSigningKeyStore(pool: Pool): SigningKeyStore {
       );
       return result.affectedRows > 0;
     },
-    async withSigningKeyLock(work) {
-      // GET_LOCK belongs to a connection: hold one for the whole of `work`.
-      const conn = await pool.getConnection().catch((err: unknown) => {
-        throw translateDriverError(err);
-      });
-      try {
-        const [[lock]] = (await conn.query("SELECT GET_LOCK('sessions_signing_key', ?) AS got", [lockTimeoutSeconds])) as unknown as [[{ got: number }]];
-        if (lock.got !== 1) throw new Error("could not take the signing key lock");
-        try {
-          return await work();
-        } finally {
-          await conn.query("SELECT RELEASE_LOCK('sessions_signing_key')");
-        }
-      } finally {
-        conn.release();
-      }
+    withSigningKeyLock(work) {
+      // A row in leases, not GET_LOCK, so that instances on different Galera nodes queue too.
+      return withRowLock(pool, { table: "leases", name: "signing-key", waitSeconds: lockTimeoutSeconds }, work);
     },
   };
 }
