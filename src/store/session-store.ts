@@ -171,6 +171,17 @@ const bulkRetryBudgetMs = 30_000;
 /** Most single-session reads one query may carry; bounds the IN list. */
 const maxStateBatch = 100;
 
+/** A batch's keys, grouped by tenant: one query per tenant serves them. */
+function groupByTenant<K>(keys: readonly (readonly [string, K])[]): Map<string, K[]> {
+  const byTenant = new Map<string, K[]>();
+  for (const [tenantId, key] of keys) {
+    const group = byTenant.get(tenantId);
+    if (group) group.push(key);
+    else byTenant.set(tenantId, [key]);
+  }
+  return byTenant;
+}
+
 /**
  * Reads of single sessions by primary key, batched: the reads asked for in the same event-loop turn
  * share one query per tenant. Nothing is cached: every read is answered by a query sent after it was
@@ -179,15 +190,9 @@ const maxStateBatch = 100;
 function batchedReads<Row extends { id: Buffer }, T>(pool: Pool, columns: string, convert: (row: Row) => T): DataLoader<readonly [string, string], T | null, string> {
   return new DataLoader<readonly [string, string], T | null, string>(
     async (keys) => {
-      const byTenant = new Map<string, string[]>();
-      for (const [tenantId, id] of keys) {
-        const ids = byTenant.get(tenantId);
-        if (ids) ids.push(id);
-        else byTenant.set(tenantId, [id]);
-      }
       const found = new Map<string, T>();
       await Promise.all(
-        [...byTenant].map(async ([tenantId, ids]) => {
+        [...groupByTenant(keys)].map(async ([tenantId, ids]) => {
           // The batch serves many calls: no one caller's deadline may cut it short.
           const rows = await withoutCall(() => query<Row[]>(pool, `SELECT ${columns} FROM sessions WHERE tenant_id = ? AND id IN (?)`, [tenantId, ids]));
           for (const r of rows) found.set(`${tenantId}\0${text(r.id)}`, convert(r));
@@ -209,15 +214,9 @@ function batchedReads<Row extends { id: Buffer }, T>(pool: Pool, columns: string
 function batchedRefreshReads(pool: Pool): DataLoader<readonly [string, Buffer], RefreshRow | null, string> {
   return new DataLoader<readonly [string, Buffer], RefreshRow | null, string>(
     async (keys) => {
-      const byTenant = new Map<string, Buffer[]>();
-      for (const [tenantId, hash] of keys) {
-        const hashes = byTenant.get(tenantId);
-        if (hashes) hashes.push(hash);
-        else byTenant.set(tenantId, [hash]);
-      }
       const found = new Map<string, RefreshRow>();
       await Promise.all(
-        [...byTenant].map(async ([tenantId, hashes]) => {
+        [...groupByTenant(keys)].map(async ([tenantId, hashes]) => {
           const rows = await withoutCall(() =>
             query<RefreshRow[]>(
               pool,
