@@ -67,18 +67,23 @@ function removeAllNow(): void {
   live.clear();
 }
 
-let isCleanupHooked = false;
-function hookCleanup(): void {
-  if (isCleanupHooked) return;
-  isCleanupHooked = true;
-  process.once("exit", removeAllNow);
+/** Runs `cleanup` (synchronous) when the process exits, or on SIGINT, SIGTERM or SIGHUP. */
+export function onExitOrSignal(cleanup: () => void): void {
+  process.once("exit", cleanup);
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     process.once(signal, () => {
-      removeAllNow();
+      cleanup();
       // Then what the signal would have done had no one listened (unless someone else handles it).
       if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
     });
   }
+}
+
+let isCleanupHooked = false;
+function hookCleanup(): void {
+  if (isCleanupHooked) return;
+  isCleanupHooked = true;
+  onExitOrSignal(removeAllNow);
 }
 
 /** The last `max` characters of a growing output. */
@@ -88,7 +93,7 @@ const tail = (text: string, max = 4_000) => (text.length > max ? `…${text.slic
  * Runs mariadb-install-db (a shell script that pipes SQL into `mariadbd --bootstrap`) in its own
  * process group, so that a timeout or an early exit ends the bootstrap server too.
  */
-function installSystemTables(datadir: string, tmp: string, env: NodeJS.ProcessEnv, onSpawn: (kill: () => void) => void): Promise<void> {
+export function installSystemTables(datadir: string, tmp: string, env: NodeJS.ProcessEnv, onSpawn: (kill: () => void) => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(
       "mariadb-install-db",
