@@ -15,6 +15,7 @@ import { median, writeReport, type Row } from "./report.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
 import { runScale } from "./scale.js";
 import { benchIssuer, runEvents } from "./events.js";
+import { runCluster } from "./cluster.js";
 
 /**
  * `npm run bench`: every row of the performance table, the real service against a bare baseline
@@ -25,6 +26,8 @@ import { benchIssuer, runEvents } from "./events.js";
  *   npm run bench                    the throughput rows
  *   npm run bench -- --scale         also the rows at a million sessions (seeds them by SQL once)
  *   npm run bench -- --only=verify   rows whose name contains "verify"
+ *   npm run bench -- --cluster       also verify and refresh through a private 3-node Galera cluster
+ *                                    (bench/cluster.ts), as ratios to the single server
  *
  * The session-event rows (bench/events.ts) run a second instance on the same database.
  *
@@ -37,6 +40,7 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const serverUrl = process.env.BENCH_DATABASE_SERVER ?? "mysql://root@127.0.0.1:3306";
 const args = process.argv.slice(2);
 const isScale = args.includes("--scale");
+const isCluster = args.includes("--cluster");
 const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
 const root = fileURLToPath(new URL("..", import.meta.url));
 const databaseUrl = `${serverUrl}/sessions_bench_${randomBytes(4).toString("hex")}`;
@@ -269,6 +273,11 @@ async function main() {
       rows.push(...(await runEvents({ a: service, b: peer, databaseUrl, keyEncryptionKey, tenantId, secret, headers, sessions, seconds, runs, isWanted })));
     }
     if (isScale) rows.push(...(await runScale({ serverUrl, httpLoad, startService, isWanted })));
+    if (isCluster) {
+      // Sessions no other row refreshes (REST refresh takes the first 4,000).
+      const single = { url: base, tenantId, headers, sessions: sessions.slice(4_000) };
+      rows.push(...(await runCluster({ isWanted, httpLoad, startService, compare, createSessions, refreshRequests, keyEncryptionKey, issuer: benchIssuer, single })));
+    }
   } finally {
     clearInterval(sampler);
     for (const child of children) child.kill();
