@@ -33,6 +33,9 @@ class Reader {
   private rawOrEmpty(name: string): string {
     return (this.env[name] ?? "").trim();
   }
+  isSet(name: string): boolean {
+    return this.env[name] !== undefined;
+  }
   problem(name: string, message: string): void {
     this.problems.push(`${name}: ${message}`);
   }
@@ -122,16 +125,17 @@ function readConfig(env: NodeJS.ProcessEnv) {
     r.problem("KEY_ENCRYPTION_KEY", "must not be the development key in production");
   }
   const port = r.int("PORT", 0, 65535, 8080);
+  const host = r.text("HOST", "0.0.0.0");
   const config = {
     nodeEnv,
     port,
-    host: r.text("HOST", "0.0.0.0"),
+    host,
     databaseUrl: r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:"),
     databasePoolSize: r.int("DATABASE_POOL_SIZE", 1, 200, 16),
     keyEncryptionKey,
     // The address the service listens on, as a client on this machine reaches it; behind a load
     // balancer or with several instances, set it to the public URL all of them share.
-    issuer: r.url("ISSUER", `http://localhost${port > 0 ? `:${port}` : ""}`),
+    issuer: r.url("ISSUER", defaultIssuer(r, host, port)),
     logLevel: r.oneOf("LOG_LEVEL", ["fatal", "error", "warn", "info", "debug", "trace", "silent"], "info"),
     bodyLimitBytes: r.int("BODY_LIMIT_BYTES", 1024, 10 * 1024 * 1024, 64 * 1024),
     // Requests (HTTP/1 and HTTP/2 streams) whose body has not fully arrived; past it the oldest is
@@ -200,4 +204,20 @@ export class ConfigError extends Error {
  */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return readConfig(env);
+}
+
+/**
+ * The issuer when ISSUER is unset: the address the service listens on, as a client on this machine
+ * reaches it (localhost for a wildcard HOST, else HOST itself). PORT=0 picks a port only when it
+ * listens, too late for an issuer fixed at start: ISSUER must then be given.
+ */
+function defaultIssuer(r: Reader, host: string, port: number): string {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) return "http://localhost"; // PORT's own problem is reported
+  if (port === 0) {
+    if (!r.isSet("ISSUER")) r.problem("ISSUER", "is required with PORT=0 (the port is chosen only when the service listens)");
+    return "http://localhost";
+  }
+  const isWildcard = ["0.0.0.0", "::", "localhost"].includes(host);
+  const name = isWildcard ? "localhost" : isIP(host) === 6 ? `[${host}]` : host;
+  return `http://${name}:${port}`;
 }

@@ -26,6 +26,8 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     NODE_ENV: "test",
     PORT: "0",
     HOST: "127.0.0.1",
+    // The test server listens on a port chosen at listen time; its tokens name this issuer.
+    ISSUER: "http://localhost",
     DATABASE_URL: freshDatabaseUrl(),
     LOG_LEVEL: "silent",
     ...overrides,

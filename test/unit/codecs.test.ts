@@ -222,6 +222,13 @@ describe("config", () => {
     expect(env({}).issuer).toBe("http://localhost:8080");
     expect(env({ PORT: "9090" }).issuer).toBe("http://localhost:9090");
     expect(env({ PORT: "9090", ISSUER: "https://auth.example.com" }).issuer).toBe("https://auth.example.com");
+    expect(env({ PORT: "9090", HOST: "127.0.0.2" }).issuer).toBe("http://127.0.0.2:9090");
+    expect(env({ PORT: "9090", HOST: "::1" }).issuer).toBe("http://[::1]:9090");
+    expect(env({ PORT: "9090", HOST: "::" }).issuer).toBe("http://localhost:9090");
+    // PORT=0 picks the port only when listening: ISSUER must be given; a bad PORT is reported once, alone.
+    expect(() => env({ PORT: "0" })).toThrow(/ISSUER: is required with PORT=0/);
+    expect(env({ PORT: "0", ISSUER: "https://auth.example.com" }).issuer).toBe("https://auth.example.com");
+    expect(() => env({ PORT: "70000" })).toThrow(/^invalid configuration:\n  PORT: must be an integer from 0 to 65535$/);
   });
 
   it("refuses a variable set but empty, naming it, where empty is not documented to mean off", () => {

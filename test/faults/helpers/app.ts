@@ -24,6 +24,7 @@ export function faultConfig(port: number, env: Record<string, string> = {}): Con
     NODE_ENV: "test",
     PORT: "0",
     HOST: "127.0.0.1",
+    ISSUER: "http://localhost",
     DATABASE_URL: `mysql://root@127.0.0.1:${port}/${faultDatabase}`,
     LOG_LEVEL: "silent",
     // The load here is ours: rate limits (0 = off) would answer 429 before the database is reached.
