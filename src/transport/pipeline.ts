@@ -1,5 +1,5 @@
 import { create, getOption, type DescMethod, type DescService, type Message, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
-import type { ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from "fastify";
 import { is_public, no_store } from "../../gen/sessions/v1/options_pb.js";
@@ -16,7 +16,11 @@ export type Protocol = "rest" | "grpc" | "grpcweb" | "connect";
 /** What a protocol adapter knows of a call before the pipeline runs it. */
 export interface CallInfo {
   protocol: Protocol;
-  /** A request header (or gRPC metadata entry) by lower-case name; null when absent. */
+  /**
+   * A request header (or gRPC metadata entry) by lower-case name; null when absent. A header sent
+   * more than once is every value joined with ", " (RFC 9110 §5.3), so two Authorization headers
+   * read as one malformed credential, never as the first of them.
+   */
   header(name: string): string | null;
   clientIp: string;
   /** The client's deadline in ms from now (grpc-timeout, connect-timeout-ms); undefined without one. */
@@ -229,16 +233,27 @@ export function createPipeline<S extends DescService>(service: S, handlers: Hand
   return { unary, streams };
 }
 
+/**
+ * A request header as CallInfo.header reads it: every field line of it, from `rawHeaders`. Node's
+ * `headers` keeps only the first of a repeated Authorization (and of its other single-value
+ * headers), over HTTP/1.1 and HTTP/2 alike, which would let the first of two credentials decide.
+ */
+export function requestHeader(raw: IncomingMessage | Http2ServerRequest, name: string): string | null {
+  if (raw.headers[name] === undefined) return null;
+  const { rawHeaders } = raw;
+  const values: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if ((rawHeaders[i] as string).toLowerCase() === name) values.push(rawHeaders[i + 1] as string);
+  }
+  return values.join(", ");
+}
+
 /** A call's description from the fastify request that carries it, for every adapter alike. */
 export function callInfoOf(request: FastifyRequest, reply: FastifyReply, protocol: Protocol, timeoutMs: number | undefined): CallInfo {
   const raw = reply.raw as ServerResponse | Http2ServerResponse;
-  const { headers } = request;
   return {
     protocol,
-    header(name) {
-      const value = headers[name];
-      return value === undefined ? null : Array.isArray(value) ? value.join(", ") : value;
-    },
+    header: (name) => requestHeader(request.raw, name),
     clientIp: request.ip,
     timeoutMs,
     // Read when asked (before each expensive step), so a call costs no listener or AbortController.

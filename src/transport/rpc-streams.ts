@@ -2,14 +2,21 @@ import { createContextKey, createContextValues, type ConnectRouter, type Context
 import type { Message } from "@bufbuild/protobuf";
 import type { FastifyRequest } from "fastify";
 import { toConnectError } from "./error-codes.js";
-import type { CallInfo, PipelineStream, Protocol } from "./pipeline.js";
+import { requestHeader, type CallInfo, type PipelineStream, type Protocol } from "./pipeline.js";
 
 /** The client address, carried from the fastify request into connect-es's handler context. */
 const clientIpKey = createContextKey<string>("", { description: "client address" });
+/**
+ * The request's headers as every other adapter reads them (requestHeader): connect-es builds its
+ * requestHeader from Node's `headers`, which keep only the first of two Authorization headers.
+ */
+const headerKey = createContextKey<((name: string) => string | null) | undefined>(undefined, { description: "request headers" });
 
-/** What registerRpcRoutes passes into every call's context: the client address rate limits key on. */
+/** What registerRpcRoutes passes into every call's context: the client address rate limits key on, and the headers. */
 export function streamContextValues(request: FastifyRequest): ContextValues {
-  return createContextValues().set(clientIpKey, request.ip);
+  return createContextValues()
+    .set(clientIpKey, request.ip)
+    .set(headerKey, (name) => requestHeader(request.raw, name));
 }
 
 const protocols: Record<string, Protocol> = { grpc: "grpc", "grpc-web": "grpcweb", connect: "connect" };
@@ -35,7 +42,7 @@ export function registerRpcStreams(router: ConnectRouter, streams: ReadonlyMap<s
 function callInfoOfContext(context: HandlerContext): CallInfo {
   return {
     protocol: protocols[context.protocolName] ?? "connect",
-    header: (name) => context.requestHeader.get(name),
+    header: context.values.get(headerKey) ?? ((name) => context.requestHeader.get(name)),
     clientIp: context.values.get(clientIpKey),
     timeoutMs: context.timeoutMs(),
     signal: context.signal,
