@@ -250,13 +250,21 @@ describe("boundaries", () => {
     } finally {
       await server.services.pool.query("UPDATE session_event_log SET purged_through_seq = 0 WHERE id = 1");
     }
-    for (const query of ["?since=yesterday", "?after=evt_1.x", "?limit=5", "?after=a&after=b", "?after=", "?since="]) {
+    // Dates that do not exist are refused, not rolled over into the next month or day.
+    const impossible = ["2026-02-30T12:00:00Z", "2026-04-31T12:00:00Z", "2026-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-06-01T24:00:00Z", "2026-06-01T12:60:00Z", "2026-06-01T12:00:60Z", "2026-06-01T12:00:00+24:00", "2026-06-00T12:00:00Z"];
+    for (const query of ["?since=yesterday", "?after=evt_1.x", "?limit=5", "?after=a&after=b", "?after=", "?since=", ...impossible.map((t) => `?since=${encodeURIComponent(t)}`)]) {
       expect((await openEventStream(peer.url, peer.tenant.headers, { query })).status, query).toBe(400);
     }
     // RFC 3339 allows lower-case t and z.
     const lower = await openEventStream(peer.url, peer.tenant.headers, { query: "?since=2026-06-01t12:00:00z" });
     expect(lower.status).toBe(200);
     lower.close();
+    // A leap day that exists, and an offset, are fine.
+    for (const t of ["2028-02-29T23:59:59.5+01:00", "2026-12-31T00:00:00-05:30"]) {
+      const ok = await openEventStream(peer.url, peer.tenant.headers, { query: `?since=${encodeURIComponent(t)}` });
+      expect(ok.status, t).toBe(200);
+      ok.close();
+    }
     expect((await openEventStream(peer.url, { "x-tenant-id": peer.tenant.id })).status).toBe(401);
   });
 

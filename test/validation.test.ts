@@ -150,6 +150,14 @@ describe("the event feed's request", () => {
     const err = await watchError({ after: "evt_1.abc", since: { seconds: 1n } });
     expect(err.code).toBe(Code.InvalidArgument);
     expect(err.findDetails(BadRequestSchema)[0]?.fieldViolations[0]).toMatchObject({ field: "since", reason: "MESSAGE_ONEOF" });
+    expect(err.rawMessage).toBe("since cannot be given with after");
+  });
+
+  it("a oneof rule reads as a sentence: neither target of a revoke-all, or both", async () => {
+    const neither = await rest("DELETE", "/v1/sessions?all_users=false");
+    expect(neither.json?.error).toMatchObject({ field: "user_id", message: "user_id or all_users is required (exactly one of them)" });
+    const both = await rest("DELETE", "/v1/sessions?all_users=true&user_id=u");
+    expect(both.json?.error).toMatchObject({ field: "all_users", message: "all_users cannot be given with user_id" });
   });
 
   it("since outside the Timestamp range: 400 over SSE, INVALID_ARGUMENT with a BadRequest over the RPC", async () => {

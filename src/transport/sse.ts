@@ -98,8 +98,17 @@ export function registerEventStream(app: FastifyInstance, stream: PipelineStream
 
 /** An RFC 3339 time with a zone (`2026-11-30T12:00:00Z`), or invalid_request naming `since`. */
 function parseTime(value: string): Date {
-  // RFC 3339 allows a lower-case t and z.
-  const time = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/i.test(value) ? new Date(value.toUpperCase()) : new Date(Number.NaN);
+  // RFC 3339 allows a lower-case t and z; Date would roll 2026-02-30 over to March, so the fields are
+  // checked first (a day that exists in its month, hours to 23, minutes and seconds to 59).
+  const m = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,9})?(Z|[+-](\d\d):(\d\d))$/i.exec(value);
+  const isReal =
+    m !== null &&
+    Number(m[3]) >= 1 &&
+    Number(m[3]) <= new Date(Date.UTC(Number(m[1]), Number(m[2]), 0)).getUTCDate() &&
+    Number(m[2]) >= 1 && Number(m[2]) <= 12 &&
+    Number(m[4]) <= 23 && Number(m[5]) <= 59 && Number(m[6]) <= 59 &&
+    (m[9] === undefined || (Number(m[9]) <= 23 && Number(m[10]) <= 59));
+  const time = isReal ? new Date(value.toUpperCase()) : new Date(Number.NaN);
   if (Number.isNaN(time.getTime())) throw new AppError("invalid_request", "since must be an RFC 3339 time such as 2026-11-30T12:00:00Z", "since");
   return time;
 }

@@ -63,7 +63,19 @@ function fieldViolationOf(schema: DescMessage, message: Message, violation: Viol
   const path = pathToString(violation.field);
   const field = path !== "" ? path : violation.ruleId === "message.oneof" ? oneofFieldOf(schema, message) : "";
   const desc = schema.fields.find((f) => f.name === field);
-  return { field, rule: violation.ruleId, message: sentenceOf(field, desc, violation) };
+  const sentence = violation.ruleId === "message.oneof" ? oneofSentenceOf(schema, message, field) : sentenceOf(field, desc, violation);
+  return { field, rule: violation.ruleId, message: sentence };
+}
+
+/** A broken oneof rule in words: "user_id or all_users is required (exactly one)", "since cannot be given with after". */
+function oneofSentenceOf(schema: DescMessage, message: Message, field: string): string {
+  const rule = getOption(schema, messageRules).oneof.find((r) => r.fields.includes(field));
+  const desc = schema.fields.find((f) => f.name === field);
+  if (rule === undefined || desc === undefined) return `${field} conflicts with another field`;
+  const others = rule.fields.filter((name) => name !== field);
+  return !isFieldSet(message, desc)
+    ? `${field} or ${others.join(" or ")} is required (exactly one of them)`
+    : `${field} cannot be given with ${others.join(" or ")}`;
 }
 
 /**
