@@ -291,6 +291,8 @@ describe("real answers validate against the document", () => {
     const forged = await call("ListSessions", { query: { cursor: "cur_forged" } });
     expect(forged.json.error.code).toBe("invalid_cursor");
     expect((await call("ListSessions", { headers: { authorization: "Bearer sk_live_nope" } })).status).toBe(401);
+    // A query string past the server's header limit: 431, a documented answer.
+    expect((await call("ListSessions", { query: { user_id: "u".repeat(20_000) } })).status).toBe(431);
   });
 
   it("GetSession", async () => {

@@ -402,11 +402,12 @@ function errorItems(comment: string, pattern: RegExp): ErrorItem[] {
 /**
  * The error responses of one route, by HTTP status: what its RPC documents, and what the REST
  * transport refuses before the RPC runs (src/transport/rest.ts): a malformed path, query or body
- * (invalid_request), an over-long path parameter, a body too large or not JSON, and a missing or
- * unknown secret key.
+ * (invalid_request), headers (or a query string) over the server's limit, an over-long path
+ * parameter, a body too large or not JSON, and a missing or unknown secret key.
  */
 function errorStatuses(route: Route, documented: ReadonlySet<ErrorCode>, isPublic: boolean): [number, ErrorCode[]][] {
-  const codes = new Set<ErrorCode>(["invalid_request", ...documented]);
+  // Any request's header block can outgrow the server's limit (a long query string too): 431.
+  const codes = new Set<ErrorCode>(["invalid_request", "headers_too_large", ...documented]);
   if (!isPublic) codes.add("missing_token").add("invalid_api_key");
   if (route.pathFields.length > 0) codes.add("uri_too_long");
   if (route.body !== "") codes.add("payload_too_large").add("unsupported_media_type");

@@ -143,8 +143,8 @@ describe("protoc-gen-openapi", () => {
     const post = doc.paths["/v1/things"].post;
     expect(post.parameters).toBeUndefined();
     expect(post.requestBody).toMatchObject({ required: true, content: { "application/json": { schema: { $ref: "#/components/schemas/CreateThingRequest" } } } });
-    expect(Object.keys(post.responses)).toEqual(["200", "400", "401", "413", "415"]);
-    expect(Object.keys(get.responses)).toEqual(["200", "400", "401", "414"]);
+    expect(Object.keys(post.responses)).toEqual(["200", "400", "401", "413", "415", "431"]);
+    expect(Object.keys(get.responses)).toEqual(["200", "400", "401", "414", "431"]);
     expect(post.responses["401"].content["application/json"].schema.allOf[1].properties.error.properties.code.enum).toEqual(["missing_token", "invalid_api_key"]);
   });
 
