@@ -15,7 +15,7 @@ import { seedTenant } from "./seed.js";
  *   - usr_heavy: 66,667 active sessions (the bulk revoke), usr_gone: 500 sessions, all ended;
  *   - a neighbouring tenant whose creates are timed while usr_heavy's sessions are revoked.
  */
-const database = "sessions_bench_scale";
+const scaleDatabase = "sessions_bench_scale";
 /** Changed whenever the seed or the schema it fills changes: the kept database is then made anew. */
 const seedVersion = "v2-1m-recorded-ends";
 const kek = Buffer.alloc(32, "bench-scale-kek").toString("base64url");
@@ -27,7 +27,8 @@ interface ScaleOptions {
   isWanted: (name: string) => boolean;
 }
 
-async function seed(serverUrl: string): Promise<{ tenantId: string; secret: string; neighbour: { tenantId: string; secret: string } }> {
+/** The seed `--scale` uses, into `database` (docs/capacity.md measures row sizes on it in a scratch database). */
+export async function seedScale(serverUrl: string, database = scaleDatabase): Promise<{ tenantId: string; secret: string; neighbour: { tenantId: string; secret: string } }> {
   const conn = await mysql.createConnection({ uri: serverUrl, multipleStatements: true });
   try {
     await conn.query(`CREATE DATABASE IF NOT EXISTS ${database}`);
@@ -78,8 +79,8 @@ async function seed(serverUrl: string): Promise<{ tenantId: string; secret: stri
 }
 
 export async function runScale({ serverUrl, httpLoad, startService, isWanted }: ScaleOptions): Promise<Row[]> {
-  const { tenantId, secret, neighbour } = await seed(serverUrl);
-  const service = await startService({ DATABASE_URL: `${serverUrl}/${database}`, KEY_ENCRYPTION_KEY: kek });
+  const { tenantId, secret, neighbour } = await seedScale(serverUrl);
+  const service = await startService({ DATABASE_URL: `${serverUrl}/${scaleDatabase}`, KEY_ENCRYPTION_KEY: kek });
   const headers = { authorization: `Bearer ${secret}`, "x-tenant-id": tenantId };
   const rows: Row[] = [];
   const latencyRow = (name: string, r: LoadResult, goalMs: number): Row => {
@@ -92,7 +93,7 @@ export async function runScale({ serverUrl, httpLoad, startService, isWanted }: 
     if (isWanted("list first page")) rows.push(latencyRow("list first page @1M", await listAt(""), 10));
     if (isWanted("list deep page")) {
       // A cursor half-way down the active sessions, made with the service's cursor key.
-      const conn = await mysql.createConnection(`${serverUrl}/${database}`);
+      const conn = await mysql.createConnection(`${serverUrl}/${scaleDatabase}`);
       const [mid] = (await conn.query(
         "SELECT created_at, CAST(id AS CHAR) AS id FROM sessions WHERE tenant_id = ? AND state = 0 AND ends_at > UTC_TIMESTAMP(6) ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET 120000",
         [tenantId],
@@ -124,7 +125,7 @@ async function bulkRevoke(url: string, headers: Record<string, string>, neighbou
       createLatencies.push(performance.now() - started);
     }
   })();
-  const conn = await mysql.createConnection(`${serverUrl}/${database}`);
+  const conn = await mysql.createConnection(`${serverUrl}/${scaleDatabase}`);
   const [[{ n: active }]] = (await conn.query(
     "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = ? AND user_id = 'usr_heavy' AND state = 0 AND ends_at > UTC_TIMESTAMP(6)",
     [tenantId],
