@@ -499,3 +499,72 @@ describe("every error in the envelope", () => {
     }
   });
 });
+
+describe("a caller's secret pasted where a name goes is never repeated in an error", () => {
+  /** Frames one Connect-streaming JSON message. */
+  const connectFrame = (json: string) => {
+    const frame = Buffer.alloc(5);
+    frame.writeUInt32BE(Buffer.byteLength(json), 1);
+    return Buffer.concat([frame, Buffer.from(json)]);
+  };
+
+  it("REST, the event feed and Connect: 400 invalid_request, no `field`, the secret nowhere in the answer or the log", async () => {
+    const made = await create("usr_pasted");
+    // base64url without `-` or `_` after the prefix: as field-like as a secret gets.
+    const secrets = [made.access_token, made.refresh_token, `rt_${"Ab1".repeat(14)}C`, server.tenant.secretKey];
+    for (const secret of secrets) {
+      const body = JSON.stringify({ [secret]: 1 });
+      const answers: { what: string; status: number; text: string }[] = [];
+      const send = async (what: string, path: string, init: RequestInit = {}) => {
+        const res = await fetch(server.url + path, { ...init, headers: { ...server.tenant.headers, ...(init.headers as Record<string, string>) } });
+        answers.push({ what, status: res.status, text: await res.text() });
+      };
+      await send("verify, the token as the query", `/v1/sessions/verify?${secret}`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      await send("list, as a parameter name", `/v1/sessions?${encodeURIComponent(secret)}=1`);
+      await send("revoke-all, as a parameter", `/v1/sessions?user_id=usr_pasted&${secret}`, { method: "DELETE" });
+      await send("verify, as a body key", "/v1/sessions/verify", { method: "POST", headers: { "content-type": "application/json" }, body });
+      await send("create, a key given twice", "/v1/sessions", { method: "POST", headers: { "content-type": "application/json" }, body: `{"user_id":"usr_pasted","${secret}":1,"${secret}":2}` });
+      await send("create, a lone surrogate under it", "/v1/sessions", { method: "POST", headers: { "content-type": "application/json" }, body: `{"user_id":"usr_pasted","${secret}":"\\udc00"}` });
+      await send("the event feed", `/v1/sessions/events?${secret}`);
+      for (const answer of answers) {
+        expect(answer.status, answer.what).toBe(400);
+        const error = JSON.parse(answer.text).error;
+        expect(error.code, answer.what).toBe("invalid_request");
+        expect(error, answer.what).not.toHaveProperty("field");
+        expect(answer.text, answer.what).not.toContain(secret.slice(3, 30));
+      }
+
+      const connect: { what: string; status: number; text: string }[] = [];
+      const rpc = async (what: string, path: string, init: RequestInit) => {
+        const res = await fetch(server.url + path, { ...init, headers: { ...server.tenant.headers, ...(init.headers as Record<string, string>) } });
+        connect.push({ what, status: res.status, text: await res.text() });
+      };
+      await rpc("Connect JSON", "/sessions.v1.SessionService/VerifyToken", { method: "POST", headers: { "content-type": "application/json" }, body });
+      await rpc("Connect GET", `/sessions.v1.SessionService/ListSessions?encoding=json&message=${encodeURIComponent(body)}`, { method: "GET" });
+      await rpc("Connect, key twice", "/sessions.v1.SessionService/VerifyToken", { method: "POST", headers: { "content-type": "application/json" }, body: `{"${secret}":1,"${secret}":2}` });
+      await rpc("Connect stream", "/sessions.v1.SessionService/WatchSessionEvents", { method: "POST", headers: { "content-type": "application/connect+json" }, body: connectFrame(body) });
+      for (const answer of connect) {
+        expect(answer.text, answer.what).toContain("invalid_argument");
+        expect(answer.text, answer.what).not.toContain(secret.slice(3, 30));
+      }
+    }
+    expect(logLines.join("\n")).not.toContain(made.refresh_token.slice(3, 30));
+    // Nothing was revoked or created by any of it.
+    expect((await getSessionOf(server, made.session.id)).status).toBe("active");
+    const listed = await call(server, "GET", "/v1/sessions?user_id=usr_pasted");
+    expect(listed.json?.data).toHaveLength(1);
+  });
+
+  it("a name that looks like a field is still named, with `field`", async () => {
+    const res = await call(server, "GET", "/v1/sessions?bogus=1");
+    expect(res.json?.error).toMatchObject({ code: "invalid_request", field: "bogus", message: 'unknown parameter "bogus"' });
+    const body = await call(server, "POST", "/v1/sessions/verify", { body: { token: "x", tokn: 1 } });
+    expect(body.json?.error).toMatchObject({ field: "tokn" });
+    const connect = await fetch(`${server.url}/sessions.v1.SessionService/VerifyToken`, {
+      method: "POST",
+      headers: { ...server.tenant.headers, "content-type": "application/json" },
+      body: '{"tokn": 1}',
+    });
+    expect(await connect.text()).toContain('key \\"tokn\\" is unknown');
+  });
+});

@@ -24,6 +24,7 @@ import {
 import { base64Encode } from "@bufbuild/protobuf/wire";
 import { rest_name } from "../../gen/sessions/v1/options_pb.js";
 import { AppError } from "../domain/errors.js";
+import { isFieldLike } from "./field-names.js";
 
 /** Path or query-string parameters as fastify parses them. */
 export type RestParams = Readonly<Record<string, string | readonly string[] | undefined>>;
@@ -59,7 +60,9 @@ export function fromRestParams<Desc extends DescMessage>(
   const json: JsonObject = {};
   for (const [key, raw] of Object.entries(params)) {
     const field = fieldNamed(schema, key);
-    if (!field || options.exclude?.has(field.name)) throw invalid(key, `unknown parameter "${key}"`);
+    if (!field || options.exclude?.has(field.name)) {
+      throw isFieldLike(key) ? invalid(key, `unknown parameter "${key}"`) : invalid("", "an unknown query parameter");
+    }
     if (raw === undefined) continue;
     const values = (typeof raw === "string" ? [raw] : raw).map((value) => paramJson(field, key, value));
     if (field.fieldKind !== "list" && values.length > 1) throw invalid(field.name, `parameter "${key}" is given more than once`);
@@ -119,7 +122,10 @@ function readObject<Desc extends DescMessage>(
   for (const [key, value] of Object.entries(json)) {
     const field = fieldNamed(schema, key);
     const name = join(path, field?.name ?? key);
-    if (!field || exclude?.has(field.name)) throw invalid(name, `unknown field "${name}"`);
+    if (!field || exclude?.has(field.name)) {
+      if (isFieldLike(key)) throw invalid(name, `unknown field "${name}"`);
+      throw invalid("", path ? `an unknown field in "${path}"` : "an unknown field");
+    }
     if (seen.has(field)) throw invalid(name, `field "${name}" is given more than once`);
     seen.add(field);
     if (value === null) continue;

@@ -1,4 +1,4 @@
-import { Code, ConnectError, createConnectRouter, type ConnectRouter, type ConnectRouterOptions } from "@connectrpc/connect";
+import { Code, ConnectError, createConnectRouter, type ConnectRouter, type ConnectRouterOptions, type Interceptor } from "@connectrpc/connect";
 import { createLinkedAbortController } from "@connectrpc/connect/protocol";
 import * as protoConnect from "@connectrpc/connect/protocol-connect";
 import * as protoGrpc from "@connectrpc/connect/protocol-grpc";
@@ -6,6 +6,7 @@ import * as protoGrpcWeb from "@connectrpc/connect/protocol-grpc-web";
 import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { ContextValues } from "@connectrpc/connect";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import { withoutUnsafeNames } from "./field-names.js";
 
 export interface RpcRoutesOptions extends ConnectRouterOptions {
   routes(router: ConnectRouter): void;
@@ -32,6 +33,7 @@ export function registerRpcRoutes(app: FastifyInstance, opts: RpcRoutesOptions):
   const router = createConnectRouter({
     acceptCompression: [compressionGzip, compressionBrotli],
     ...routerOptions,
+    interceptors: [hideUnsafeNames, ...(routerOptions.interceptors ?? [])],
     shutdownSignal: shutdown.signal,
   });
   routes(router);
@@ -60,3 +62,22 @@ export function registerRpcRoutes(app: FastifyInstance, opts: RpcRoutesOptions):
     }
   });
 }
+
+/**
+ * connect-es's decode errors quote what was sent (`key "…" is unknown`); a key that does not look
+ * like a field name may be a pasted secret and is not repeated (field-names.ts). A streaming call
+ * decodes its request inside this chain, so its errors pass here. (A unary call through this router,
+ * health Check, decodes before any interceptor; SessionService's unary RPCs decode in rpc-unary.ts.)
+ */
+const hideUnsafeNames: Interceptor = (next) => async (request) => {
+  try {
+    return await next(request);
+  } catch (err) {
+    if (!(err instanceof ConnectError)) throw err;
+    const message = withoutUnsafeNames(err.rawMessage);
+    if (message === err.rawMessage) throw err;
+    const safe = new ConnectError(message, err.code, err.metadata, undefined, err.cause);
+    safe.details = err.details;
+    throw safe;
+  }
+};

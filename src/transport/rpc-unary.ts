@@ -11,6 +11,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { honouredTimeoutMs } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import { toConnectError } from "./error-codes.js";
+import { withoutUnsafeNames } from "./field-names.js";
 import { callInfoOf, type CallInfo, type PipelineMethod } from "./pipeline.js";
 import { invalidQuery, isInvalidQuery } from "./rest.js";
 import { parseStrictJson } from "./strict-json.js";
@@ -243,7 +244,7 @@ function decode(method: DescMethod, bytes: Uint8Array, codec: Codec): Message {
     try {
       return fromJson(method.input, json as never, { ignoreUnknownFields: false });
     } catch (err) {
-      throw new AppError("invalid_request", `cannot decode ${method.input.typeName} from JSON: ${(err as Error).message}`);
+      throw new AppError("invalid_request", `cannot decode ${method.input.typeName} from JSON: ${withoutUnsafeNames((err as Error).message)}`);
     }
   }
   try {

@@ -9,6 +9,7 @@ import {
 } from "../../gen/sessions/v1/sessions_pb.js";
 import { AppError } from "../domain/errors.js";
 import { toPublicError } from "./error-codes.js";
+import { isFieldLike } from "./field-names.js";
 import { callInfoOf, type PipelineStream } from "./pipeline.js";
 import { invalidQuery, isInvalidQuery, restRouteOf } from "./rest.js";
 import { restJsonEncoder } from "./rest-json.js";
@@ -39,7 +40,10 @@ export function registerEventStream(app: FastifyInstance, stream: PipelineStream
     const query = request.query as Record<string, string | string[] | undefined>;
     if (isInvalidQuery(query)) throw invalidQuery();
     for (const [name, value] of Object.entries(query)) {
-      if (name !== "after" && name !== "since") throw new AppError("invalid_request", `unknown query parameter ${name}; this feed takes after or since`, name);
+      if (name !== "after" && name !== "since") {
+        if (isFieldLike(name)) throw new AppError("invalid_request", `unknown query parameter ${name}; this feed takes after or since`, name);
+        throw new AppError("invalid_request", "an unknown query parameter; this feed takes after or since");
+      }
       if (Array.isArray(value)) throw new AppError("invalid_request", `the query parameter ${name} is given more than once`, name);
       // A filter that is present must say something (as on every other REST path).
       if (value === "") throw new AppError("invalid_request", `the query parameter ${name} is empty; leave it out to start from now`, name);

@@ -1,4 +1,5 @@
 import { AppError } from "../domain/errors.js";
+import { isFieldLike, isFieldPath } from "./field-names.js";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -23,10 +24,16 @@ export function parseStrictJson(body: Buffer): unknown {
     throw new AppError("invalid_request", "malformed JSON body");
   }
   const duplicate = findDuplicateKey(text);
-  if (duplicate !== undefined) throw new AppError("invalid_request", `the key "${duplicate}" appears twice in one object`, duplicate);
+  if (duplicate !== undefined) {
+    if (isFieldLike(duplicate)) throw new AppError("invalid_request", `the key "${duplicate}" appears twice in one object`, duplicate);
+    throw new AppError("invalid_request", "a key appears twice in one object");
+  }
   // Text that is UTF-8 can only spell a lone surrogate with a \u escape: most bodies are not walked.
   const illFormed = text.includes("\\u") ? illFormedStringAt(value, "") : undefined;
-  if (illFormed !== undefined) throw new AppError("invalid_request", `${illFormed || "the request body"} is not well-formed Unicode (a lone surrogate)`, illFormed || undefined);
+  if (illFormed !== undefined) {
+    const field = illFormed !== "" && isFieldPath(illFormed) ? illFormed : undefined;
+    throw new AppError("invalid_request", `${field ?? "a string in the request body"} is not well-formed Unicode (a lone surrogate)`, field);
+  }
   return value;
 }
 
