@@ -161,7 +161,7 @@ function readConfig(env: NodeJS.ProcessEnv) {
     },
     // Rate-limit counters shared by every instance (off: each instance counts alone), and the prefix
     // of their keys, for deployments that share one Redis.
-    redisUrl: r.optionalUrl("REDIS_URL", ["redis:", "rediss:"]),
+    redisUrl: redisUrl(r),
     redisKeyPrefix: r.text("REDIS_KEY_PREFIX", "sessions"),
     trustProxy: r.trustProxy("TRUST_PROXY"),
     // Ended sessions and rotated refresh tokens are deleted this many days after their end.
@@ -220,4 +220,13 @@ function defaultIssuer(r: Reader, host: string, port: number): string {
   const isWildcard = ["0.0.0.0", "::", "localhost"].includes(host);
   const name = isWildcard ? "localhost" : isIP(host) === 6 ? `[${host}]` : host;
   return `http://${name}:${port}`;
+}
+
+/** REDIS_URL, when set: a redis:// or rediss:// URL whose path, if any, is a database number. */
+function redisUrl(r: Reader): string | undefined {
+  const url = r.optionalUrl("REDIS_URL", ["redis:", "rediss:"]);
+  if (url !== undefined && URL.canParse(url) && !/^\/?(\d{1,5})?$/.test(new URL(url).pathname)) {
+    r.problem("REDIS_URL", "its path must be a database number such as /0, or nothing");
+  }
+  return url;
 }

@@ -170,10 +170,11 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
       config.redisUrl === undefined
         ? undefined
         : openSharedCounters(config.redisUrl, {
-            onChange: (isUp, err) =>
+            keyPrefix: config.redisKeyPrefix,
+            onChange: (isUp, reason) =>
               isUp
-                ? log.info("rate-limit counters: Redis is up, limits are shared by every instance")
-                : log.warn({ reason: err?.message }, "rate-limit counters: Redis is unreachable, each instance counts alone until it returns"),
+                ? log.info("rate-limit counters: Redis answers, limits are shared by every instance")
+                : log.warn({ reason }, "rate-limit counters: Redis does not answer or refuses writes, each instance counts alone until it does"),
           });
     if (counters !== undefined) {
       new Gauge({

@@ -60,7 +60,34 @@ describe("rate limits shared through Redis", () => {
     expect(statuses).toEqual([201, 201, 201, 201, 201, 201, 429]);
   });
 
+  it("a Redis that hangs is noticed by the probe: each instance counts alone, and shares again once it answers", async () => {
+    redis.pause();
+    try {
+      await vi.waitFor(async () => expect([await storeUp(a), await storeUp(b)]).toEqual([0, 0]), { timeout: 10_000, interval: 25 });
+      const tenant = await a.addTenant("redis hung");
+      for (const server of [a, b]) {
+        for (let i = 0; i < 6; i++) expect((await create(server, tenant.headers)).status).toBe(201);
+        expect((await create(server, tenant.headers)).status).toBe(429);
+      }
+    } finally {
+      redis.resume();
+    }
+    await vi.waitFor(async () => expect([await storeUp(a), await storeUp(b)]).toEqual([1, 1]), { timeout: 10_000, interval: 25 });
+  });
+
+  it("a read-only replica given as REDIS_URL is reported down (it refuses the counters' writes), not silently per instance", async () => {
+    const replica = await startPrivateRedis({ replicaOf: redis });
+    const onReplica = await startTestServer({ env: { REDIS_URL: replica.url, RATE_LIMIT_WRITE_PER_MINUTE: "6" }, sharedWith: a });
+    try {
+      await vi.waitFor(async () => expect(await storeUp(onReplica)).toBe(0), { timeout: 10_000, interval: 25 });
+    } finally {
+      await onReplica.close();
+      await replica.stop();
+    }
+  });
+
   it("a REDIS_URL that is not redis:// is a clear configuration error", async () => {
     await expect(startTestServer({ env: { REDIS_URL: "http://127.0.0.1:6379" } })).rejects.toThrow(/REDIS_URL.*redis:\/\/ or rediss:\/\//);
+    await expect(startTestServer({ env: { REDIS_URL: "redis://127.0.0.1:6379/abc" } })).rejects.toThrow(/REDIS_URL: its path must be a database number/);
   });
 });

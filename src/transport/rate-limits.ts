@@ -57,15 +57,19 @@ export interface RateLimits {
  * IP: a healthy tenant's traffic is never throttled unless its operator opts in to per-tenant limits.
  */
 export function createRateLimits(config: RateLimitConfig, shared?: { counters: SharedCounters; keyPrefix: string }): RateLimits {
-  const limiter = (name: string, points: number): RateLimiterAbstract | undefined => {
+  /** One limit: counted in Redis while the shared counters are healthy, else in this instance's memory. */
+  const limiter = (name: string, points: number): (() => RateLimiterAbstract) | undefined => {
     if (points <= 0) return undefined;
     const memory = new RateLimiterMemory({ points, duration: 60 });
-    if (shared === undefined) return memory;
-    return new RateLimiterRedis({ storeClient: shared.counters.client, keyPrefix: `${shared.keyPrefix}:${name}`, points, duration: 60, insuranceLimiter: memory });
+    if (shared === undefined) return () => memory;
+    // The insurance limiter answers a call whose Redis command fails before the health probe has
+    // noticed; once it has, calls skip Redis (no command timeout to wait out) until it is healthy.
+    const redis = new RateLimiterRedis({ storeClient: shared.counters.client, keyPrefix: `${shared.keyPrefix}:${name}`, points, duration: 60, insuranceLimiter: memory });
+    return () => (shared.counters.isUp() ? redis : memory);
   };
   const ip = limiter("ip", config.ipPerMinute);
   const authFailures = limiter("auth_failures", config.authFailuresPerMinute);
-  const tiers: Record<Tier, RateLimiterAbstract | undefined> = {
+  const tiers: Record<Tier, (() => RateLimiterAbstract) | undefined> = {
     read: limiter("read", config.readPerMinute),
     write: limiter("write", config.writePerMinute),
     refresh: limiter("refresh", config.refreshPerMinute),
@@ -91,17 +95,18 @@ export function createRateLimits(config: RateLimitConfig, shared?: { counters: S
 
   return {
     async checkIp(call) {
-      if (ip) await take(ip, call.clientIp, call, false);
+      if (ip) await take(ip(), call.clientIp, call, false);
     },
     async checkKeyLookup(call) {
-      const used = authFailures ? await authFailures.get(call.clientIp) : null;
-      if (authFailures && used !== null && used.consumedPoints >= authFailures.points) throw exceeded(call, used.msBeforeNext);
+      const rl = authFailures?.();
+      const used = rl ? await rl.get(call.clientIp) : null;
+      if (rl && used !== null && used.consumedPoints >= rl.points) throw exceeded(call, used.msBeforeNext);
     },
     async countAuthFailure(call) {
-      await authFailures?.penalty(call.clientIp, 1);
+      await authFailures?.().penalty(call.clientIp, 1);
     },
     async checkTenant(call, tier, tenantId) {
-      const rl = tiers[tier];
+      const rl = tiers[tier]?.();
       if (rl) await take(rl, tier === "refresh" ? `${tenantId}|${call.clientIp}` : tenantId, call, true);
     },
   };

@@ -13,15 +13,20 @@ export interface PrivateRedis {
   kill(): Promise<void>;
   /** Starts it again on the same port (empty), and waits until it answers. */
   start(): Promise<void>;
+  /** Freezes it (SIGSTOP): connected clients get no answer, as from a hung or overloaded server. */
+  pause(): void;
+  /** Lets a paused server go on (SIGCONT). */
+  resume(): void;
   stop(): Promise<void>;
 }
 
-export async function startPrivateRedis(): Promise<PrivateRedis> {
+export async function startPrivateRedis({ replicaOf }: { replicaOf?: PrivateRedis } = {}): Promise<PrivateRedis> {
   const port = await freePort();
   const url = `redis://127.0.0.1:${port}`;
   let child: ChildProcess | undefined;
   const start = async () => {
-    child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    const replica = replicaOf ? ["--replicaof", "127.0.0.1", new URL(replicaOf.url).port] : [];
+    child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...replica], { stdio: "ignore" });
     child.on("error", () => undefined);
     const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     probe.on("error", () => undefined);
@@ -43,5 +48,15 @@ export async function startPrivateRedis(): Promise<PrivateRedis> {
     await exited;
   };
   await start();
-  return { url, kill, start, stop: kill };
+  return {
+    url,
+    kill,
+    start,
+    stop: async () => {
+      child?.kill("SIGCONT");
+      await kill();
+    },
+    pause: () => child?.kill("SIGSTOP"),
+    resume: () => child?.kill("SIGCONT"),
+  };
 }
