@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import net from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dropDatabase, freshDatabaseUrl } from "./helpers/db.js";
@@ -64,5 +65,41 @@ describe("sessionctl", () => {
       expect(err.code, args.join(" ")).toBe(1);
       expect(err.stderr, args.join(" ")).toContain(`no tenant ${unknown}`);
     }
+  });
+
+  it("names the flag when --tenant is not a tenant id, empty included, and writes nothing", async () => {
+    for (const value of ["junk", ""]) {
+      const err = (await sessionctl("keys", "create", "--tenant", value).catch((e: unknown) => e)) as { code: number; stderr: string };
+      expect(err.code, value).toBe(1);
+      expect(err.stderr, value).toContain(`--tenant: "${value}" is not a tenant id (tnt_`);
+    }
+    const { data } = JSON.parse((await sessionctl("keys", "list", "--tenant", tenantId, "--json")).stdout) as { data: unknown[] };
+    expect(data).toHaveLength(1);
+  });
+
+  it("says that off is accepted too when a knob that can be turned off is out of range, and changes nothing", async () => {
+    const before = (await sessionctl("policy", "get", "--tenant", tenantId, "--json")).stdout;
+    for (const [flag, range] of [["--idle-timeout", "60 to 34560000"], ["--max-sessions-per-user", "1 to 10000"]] as const) {
+      const err = (await sessionctl("policy", "set", "--tenant", tenantId, flag, "5x").catch((e: unknown) => e)) as { code: number; stderr: string };
+      expect(err.code, flag).toBe(1);
+      expect(err.stderr, flag).toContain(`${flag} must be an integer from ${range}, or off`);
+    }
+    const grace = (await sessionctl("policy", "set", "--tenant", tenantId, "--refresh-grace", "0").catch((e: unknown) => e)) as { stderr: string };
+    expect(grace.stderr).not.toContain("off");
+    expect((await sessionctl("policy", "get", "--tenant", tenantId, "--json")).stdout).toBe(before);
+  });
+
+  it("says which host and port it could not reach, never the password", async () => {
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const { port } = closed.address() as net.AddressInfo;
+    await new Promise((resolve) => closed.close(resolve));
+    const err = (await sessionctlWith({ DATABASE_URL: `mysql://root:pw-hunter2@127.0.0.1:${port}/sessions` }, "tenants", "list").catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain(`127.0.0.1:${port}`);
+    expect(err.stderr).not.toContain("hunter2");
   });
 });

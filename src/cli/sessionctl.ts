@@ -29,13 +29,29 @@ const iso = (date: Date) => wholeSeconds(date).toISOString().replace(".000Z", "Z
 
 async function withDatabase<T>(work: (pool: Pool, config: Config) => Promise<T>): Promise<T> {
   const config = loadConfig();
-  const pool = await openDatabase({ url: config.databaseUrl, poolSize: 2 });
   try {
-    await migrate(pool);
-    return await work(pool, config);
-  } finally {
-    await pool.end();
+    const pool = await openDatabase({ url: config.databaseUrl, poolSize: 2 });
+    try {
+      await migrate(pool);
+      return await work(pool, config);
+    } finally {
+      await pool.end();
+    }
+  } catch (err) {
+    throw err instanceof AppError && err.code === "unavailable" ? unreachable(config.databaseUrl, err) : err;
   }
+}
+
+/**
+ * The server's `unavailable` says "try again" to an API client; an operator also needs to know
+ * where the CLI tried (a wrong host or port in DATABASE_URL looks the same): the host and port, and
+ * the driver's error code, never the user or password.
+ */
+function unreachable(databaseUrl: string, err: AppError): Error {
+  const { hostname, port } = new URL(databaseUrl);
+  const code = (err.cause as { code?: unknown } | undefined)?.code;
+  const why = typeof code === "string" && /^[A-Z_]{1,64}$/.test(code) ? ` (${code})` : "";
+  return new Error(`cannot reach the database at ${hostname}:${port || 3306}${why}; check DATABASE_URL, or try again`);
 }
 
 function print(asJson: boolean, value: object, lines: string[]): void {
@@ -47,7 +63,7 @@ async function requireTenant(pool: Pool, tenantId: string): Promise<void> {
 }
 
 function tenantIdArg(value: string): string {
-  if (!idPatterns.tenant.test(value)) throw new Error(`not a tenant id: ${value}`);
+  if (!idPatterns.tenant.test(value)) throw new Error(`--tenant: ${JSON.stringify(value)} is not a tenant id (tnt_ and a 26-character ULID)`);
   return value;
 }
 
@@ -201,9 +217,11 @@ policySet.action(async (opts: Record<string, string | boolean | undefined> & { t
       validatePolicy(next);
     } catch (err) {
       // Name the flag the operator typed, not the field it sets.
-      const flag = err instanceof AppError && err.field !== undefined ? policyOptions[err.field as keyof SessionPolicy]?.[0].split(" ")[0] : undefined;
-      if (flag === undefined) throw err;
-      throw new Error((err as AppError).message.replace((err as AppError).field as string, flag));
+      const spec = err instanceof AppError && err.field !== undefined ? policyOptions[err.field as keyof SessionPolicy]?.[0] : undefined;
+      if (spec === undefined) throw err;
+      // The knobs that take `off` (<seconds|off>) say so: the range alone reads as the only choice.
+      const orOff = spec.endsWith("|off>") ? ", or off" : "";
+      throw new Error(`${(err as AppError).message.replace((err as AppError).field as string, spec.split(" ")[0] as string)}${orOff}`);
     }
     await store.putPolicy(opts.tenant, next, now());
     printPolicy(opts.json === true, next);
