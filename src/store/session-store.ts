@@ -207,7 +207,7 @@ function batchedReads<Row extends { id: Buffer }, T>(pool: Pool, columns: string
 
 /**
  * Refresh-token lookups, batched like batchedReads: the tokens presented in the same event-loop turn
- * are found by one query per tenant. The live token is the session's own (found by
+ * are found by one query per tenant (two when some are not live). The live token is the session's own (found by
  * sessions_by_refresh_token); a rotated one has its row in refresh_tokens. A token that is both (a
  * row from before migration 0004 that no rotation has completed) is the live one.
  */
@@ -217,24 +217,32 @@ function batchedRefreshReads(pool: Pool): DataLoader<readonly [string, Buffer], 
       const found = new Map<string, RefreshRow>();
       await Promise.all(
         [...groupByTenant(keys)].map(async ([tenantId, hashes]) => {
-          const rows = await withoutCall(() =>
+          // Live tokens first (the common case: one index probe each); only the tokens not found
+          // there are looked for among rotated ones.
+          const live = await withoutCall(() =>
             query<RefreshRow[]>(
               pool,
               `SELECT ${sessionColumnsOf("s")}, s.refresh_token_hash AS presented_hash, NULL AS t_rotated_at, NULL AS t_successor_hash, s.refresh_token_hash AS live_hash
                  FROM sessions s
-                WHERE s.tenant_id = ? AND s.refresh_token_hash IN (?)
-               UNION ALL
-               SELECT ${sessionColumnsOf("s")}, t.token_hash, t.rotated_at, t.successor_hash, s.refresh_token_hash
+                WHERE s.tenant_id = ? AND s.refresh_token_hash IN (?)`,
+              [tenantId, hashes],
+            ),
+          );
+          const keyOf = (hash: Buffer) => `${tenantId}\0${hash.toString("hex")}`;
+          for (const r of live) found.set(keyOf(r.presented_hash), r);
+          const rest = hashes.filter((hash) => !found.has(keyOf(hash)));
+          if (rest.length === 0) return;
+          const rotated = await withoutCall(() =>
+            query<RefreshRow[]>(
+              pool,
+              `SELECT ${sessionColumnsOf("s")}, t.token_hash AS presented_hash, t.rotated_at AS t_rotated_at, t.successor_hash AS t_successor_hash, s.refresh_token_hash AS live_hash
                  FROM refresh_tokens t
                  JOIN sessions s ON s.tenant_id = t.tenant_id AND s.id = t.session_id
                 WHERE t.tenant_id = ? AND t.token_hash IN (?) AND t.rotated_at IS NOT NULL`,
-              [tenantId, hashes, tenantId, hashes],
+              [tenantId, rest],
             ),
           );
-          for (const r of rows) {
-            const key = `${tenantId}\0${r.presented_hash.toString("hex")}`;
-            if (r.t_rotated_at === null || !found.has(key)) found.set(key, r);
-          }
+          for (const r of rotated) found.set(keyOf(r.presented_hash), r);
         }),
       );
       return keys.map(([tenantId, hash]) => found.get(`${tenantId}\0${hash.toString("hex")}`) ?? null);
