@@ -130,7 +130,7 @@ function readConfig(env: NodeJS.ProcessEnv) {
     nodeEnv,
     port,
     host,
-    databaseUrl: r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:"),
+    databaseUrl: databaseUrl(r),
     databasePoolSize: r.int("DATABASE_POOL_SIZE", 1, 200, 16),
     keyEncryptionKey,
     // The address the service listens on, as a client on this machine reaches it; behind a load
@@ -220,6 +220,26 @@ function defaultIssuer(r: Reader, host: string, port: number): string {
   const isWildcard = ["0.0.0.0", "::", "localhost"].includes(host);
   const name = isWildcard ? "localhost" : isIP(host) === 6 ? `[${host}]` : host;
   return `http://${name}:${port}`;
+}
+
+/**
+ * DATABASE_URL: a mysql:// URL whose path names the database (created when missing), by the rule
+ * openDatabase applies (src/store/db.ts), so that a URL without one is a configuration problem
+ * reported with the others, not a failure once the service starts.
+ */
+function databaseUrl(r: Reader): string {
+  const url = r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:");
+  if (!URL.canParse(url) || new URL(url).protocol !== "mysql:") return url; // its own problem is reported
+  let database: string;
+  try {
+    database = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
+  } catch {
+    database = "";
+  }
+  if (!/^[A-Za-z0-9_$]{1,64}$/.test(database)) {
+    r.problem("DATABASE_URL", "must name a database of letters, digits, _ or $ (up to 64), such as mysql://root@127.0.0.1:3306/sessions");
+  }
+  return url;
 }
 
 /** REDIS_URL, when set: a redis:// or rediss:// URL whose path, if any, is a database number. */

@@ -239,6 +239,15 @@ describe("config", () => {
     expect(env({ REDIS_URL: "", CORS_ORIGINS: "", TRUST_PROXY: "" })).toMatchObject({ redisUrl: undefined, corsOrigins: [], trustProxy: false });
   });
 
+  it("refuses a DATABASE_URL that names no database, with the other configuration problems", () => {
+    for (const url of ["mysql://root@127.0.0.1:3306/", "mysql://root@127.0.0.1:3306", "mysql://root@127.0.0.1/a-b", "mysql://root@127.0.0.1/a/b", "mysql://root@127.0.0.1/%ZZ"]) {
+      expect(() => env({ DATABASE_URL: url }), url).toThrow(/^invalid configuration:\n  DATABASE_URL: must name a database/);
+    }
+    expect(env({ DATABASE_URL: "mysql://u:p@db.internal:3307/sessions_2$" }).databaseUrl).toBe("mysql://u:p@db.internal:3307/sessions_2$");
+    // Reported once: a URL that is not mysql:// is that problem alone.
+    expect(() => env({ DATABASE_URL: "postgres://x/" })).toThrow(/^invalid configuration:\n  DATABASE_URL: must be a mysql:\/\/ URL$/);
+  });
+
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
     expect(env({}).rateLimits).toEqual({ readPerMinute: 0, writePerMinute: 0, refreshPerMinute: 0, ipPerMinute: 6_000, authFailuresPerMinute: 100 });
   });
