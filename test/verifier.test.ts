@@ -1,3 +1,4 @@
+import net from "node:net";
 import { spawn } from "node:child_process";
 import { rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -262,6 +263,20 @@ describe("the middlewares", () => {
         expect([ok.status, await ok.json()]).toEqual([200, { user: "usr_sdk_mw" }]);
         // The scheme is case-insensitive.
         expect((await fetch(url, { headers: { authorization: `bearer ${s.access_token}` } })).status).toBe(200);
+        // Two Authorization headers (Node keeps the first in req.headers): ambiguous, refused.
+        const { port } = new URL(url);
+        for (const pair of [[s.access_token, "junk"], ["junk", s.access_token], [s.access_token, s.access_token]]) {
+          const answer = await new Promise<string>((resolve, reject) => {
+            const socket = net.connect(Number(port), "127.0.0.1", () =>
+              socket.end(`GET /me HTTP/1.1\r\nHost: x\r\n${pair.map((t) => `Authorization: Bearer ${t}\r\n`).join("")}Connection: close\r\n\r\n`),
+            );
+            let data = "";
+            socket.on("data", (chunk) => (data += chunk));
+            socket.on("end", () => resolve(data));
+            socket.on("error", reject);
+          });
+          expect(answer, pair.join(" + ")).toMatch(/^HTTP\/1.1 401 /);
+        }
         const missing = await fetch(url);
         expect(missing.status).toBe(401);
         expect(missing.headers.get("www-authenticate")).toBe('Bearer error="invalid_token"');

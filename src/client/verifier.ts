@@ -323,6 +323,25 @@ export function statusOf(result: VerifyResult): number {
 
 interface NodeRequest {
   headers: Record<string, string | string[] | undefined>;
+  /** Node's raw header lines (name, value, name, value, …), where a repeated header shows. */
+  rawHeaders?: string[];
+}
+
+/**
+ * The request's Authorization header. Node keeps only the first of repeated Authorization headers
+ * in `headers`; a request carrying two credentials is ambiguous, so several are joined into one
+ * value no token check accepts.
+ */
+function authorizationOf(req: NodeRequest): string | undefined {
+  if (req.rawHeaders !== undefined) {
+    const values: string[] = [];
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+      if ((req.rawHeaders[i] as string).toLowerCase() === "authorization") values.push(req.rawHeaders[i + 1] as string);
+    }
+    return values.length === 0 ? undefined : values.join(", ");
+  }
+  const header = req.headers.authorization;
+  return typeof header === "string" ? header : undefined;
 }
 interface NodeResponse {
   statusCode: number;
@@ -337,8 +356,7 @@ interface NodeResponse {
  */
 export function sessionMiddleware(verifier: SessionVerifier) {
   return (req: NodeRequest & { session?: VerifyResult }, res: NodeResponse, next: (err?: unknown) => void): void => {
-    const header = req.headers.authorization;
-    verifier.verifyAuthorization(typeof header === "string" ? header : undefined).then((result) => {
+    verifier.verifyAuthorization(authorizationOf(req)).then((result) => {
       if (result.valid) {
         req.session = result;
         next();
@@ -358,11 +376,10 @@ export function sessionMiddleware(verifier: SessionVerifier) {
  */
 export function sessionHook(verifier: SessionVerifier) {
   return async (
-    request: { headers: Record<string, string | string[] | undefined>; session?: VerifyResult },
+    request: { headers: Record<string, string | string[] | undefined>; raw?: NodeRequest; session?: VerifyResult },
     reply: { code(status: number): { send(body: unknown): unknown }; header(name: string, value: string): unknown },
   ): Promise<unknown> => {
-    const header = request.headers.authorization;
-    const result = await verifier.verifyAuthorization(typeof header === "string" ? header : undefined);
+    const result = await verifier.verifyAuthorization(authorizationOf(request.raw ?? request));
     if (result.valid) {
       request.session = result;
       return undefined;
