@@ -13,7 +13,6 @@ import type { EventStore, SessionStore, TenantStore } from "./domain/ports.js";
 import { createKeyRing, type KeyRing } from "./domain/signing-keys.js";
 import { createLogger, flushLogs } from "./logger.js";
 import { closePool, openDatabase, poolStats, probeDatabase, type Pool } from "./store/db.js";
-import { openSharedCounters } from "./store/redis.js";
 import { createRateLimits, type RateLimits } from "./transport/rate-limits.js";
 import { createLeaseStore } from "./store/lease-store.js";
 import { createSweepStore } from "./store/sweep-store.js";
@@ -169,7 +168,8 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
     const counters =
       config.redisUrl === undefined
         ? undefined
-        : openSharedCounters(config.redisUrl, {
+        : // Loaded only when asked for: ioredis costs start-up time and memory an instance without Redis never uses.
+          (await import("./store/redis.js")).openSharedCounters(config.redisUrl, {
             keyPrefix: config.redisKeyPrefix,
             onChange: (isUp, reason) =>
               isUp
