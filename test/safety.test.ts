@@ -6,6 +6,8 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import * as grpc from "@grpc/grpc-js";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fromBinary } from "@bufbuild/protobuf";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { SessionService, type CreateSessionResponse, type RefreshSessionResponse } from "../gen/sessions/v1/sessions_pb.js";
 import { hashSecret } from "../src/domain/secrets.js";
 import { manualClock } from "./helpers/clock.js";
@@ -319,6 +321,18 @@ describe("destructive calls need explicit intent", () => {
     const connect = await post("/sessions.v1.SessionService/RevokeSessions", '{"userID": "usr_x"}');
     expect(connect.status).toBe(400);
     expect(((await connect.json()) as Json).code).toBe("invalid_argument");
+    // A body that does not decode names its field in a BadRequest, as REST names it in `field`.
+    const fieldOf = async (body: string) => {
+      const res = (await (await post("/sessions.v1.SessionService/RevokeSessions", body)).json()) as { code: string; details?: { type: string; value: string }[] };
+      expect(res.code, body).toBe("invalid_argument");
+      const detail = res.details?.find((d) => d.type === "google.rpc.BadRequest");
+      return detail && fromBinary(BadRequestSchema, Buffer.from(detail.value, "base64")).fieldViolations.map((v) => v.field);
+    };
+    expect(await fieldOf('{"userId": "nobody", "bogus": 1}')).toEqual(["bogus"]);
+    expect(await fieldOf('{"allUsers": "true"}')).toEqual(["all_users"]);
+    expect(await fieldOf('{"user_id": "x", "userId": "x"}')).toEqual(["user_id"]);
+    // A key that is not field-like (a pasted secret) is never named.
+    expect(await fieldOf(`{"${"rt_" + "A".repeat(43)}": 1}`)).toBeUndefined();
     const rest = await call(server, "POST", "/v1/sessions", { body: { user_id: "u", userID: "x", bogus: 1 } });
     expect(rest.status).toBe(400);
   });

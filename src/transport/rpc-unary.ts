@@ -11,7 +11,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { honouredTimeoutMs } from "../domain/call-context.js";
 import { AppError } from "../domain/errors.js";
 import { toConnectError } from "./error-codes.js";
-import { withoutUnsafeNames } from "./field-names.js";
+import { isFieldLike, withoutUnsafeNames } from "./field-names.js";
 import { callInfoOf, type CallInfo, type PipelineMethod } from "./pipeline.js";
 import { invalidQuery, isInvalidQuery } from "./rest.js";
 import { parseStrictJson } from "./strict-json.js";
@@ -244,7 +244,8 @@ function decode(method: DescMethod, bytes: Uint8Array, codec: Codec): Message {
     try {
       return fromJson(method.input, json as never, { ignoreUnknownFields: false });
     } catch (err) {
-      throw new AppError("invalid_request", `cannot decode ${method.input.typeName} from JSON: ${withoutUnsafeNames((err as Error).message)}`);
+      const message = withoutUnsafeNames((err as Error).message);
+      throw new AppError("invalid_request", message, decodedFieldOf(message));
     }
   }
   try {
@@ -252,6 +253,17 @@ function decode(method: DescMethod, bytes: Uint8Array, codec: Codec): Message {
   } catch (err) {
     throw new AppError("invalid_request", `cannot decode ${method.input.typeName}: ${(err as Error).message}`);
   }
+}
+
+/**
+ * The field a protobuf-es JSON decode error is about, when it names one: `cannot decode field
+ * <message>.<field> from JSON: …` (a wrong type, a field set under both its names) or `key "<field>" is
+ * unknown` (already cleared of names that are not field-like). Then the error carries it, as REST's
+ * does, and RPC callers get a one-violation BadRequest.
+ */
+function decodedFieldOf(message: string): string | undefined {
+  const field = /^cannot decode field [\w.]+\.(\w+) from JSON/.exec(message)?.[1] ?? /key "(\w+)" is unknown/.exec(message)?.[1];
+  return field !== undefined && isFieldLike(field) ? field : undefined;
 }
 
 function encode(method: DescMethod, message: Message, codec: Codec): Uint8Array {
