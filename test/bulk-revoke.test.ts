@@ -76,4 +76,23 @@ describe("a bulk revoke that has begun", () => {
     expect(responses).toEqual([{ status: 200, body: { revoked: 1_200 } }]);
     expect(await activeCount("usr_bulk_locked")).toBe(0);
   });
+
+  it("holds no other tenant's creates while a revoke statement is under way (its events take no table lock)", async () => {
+    const ids = await userWithSessions("usr_bulk_neighbours", 600);
+    const neighbour = await server.addTenant("neighbour");
+    const responses = await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: ids[400]! }, {
+      writers: 1,
+      blockedStatement: revokeStatement,
+      start: () => [bulkRevoke("usr_bulk_neighbours").then(async (r) => ({ status: r.status, body: await r.json() }))],
+      // The first batch's statement has revoked (and written the events of) the rows before the
+      // locked one, and waits on it: another tenant's creates, which write events too, go through.
+      during: async () => {
+        for (let i = 0; i < 3; i++) {
+          const res = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { ...neighbour.headers, "content-type": "application/json" }, body: '{"user_id":"usr_next_door"}' });
+          expect(res.status).toBe(201);
+        }
+      },
+    });
+    expect(responses).toEqual([{ status: 200, body: { revoked: 600 } }]);
+  });
 });

@@ -227,6 +227,7 @@ export async function closePool(pool: Pool, timeoutMs = 1_000): Promise<void> {
 const retryableErrnos = new Set([
   1213, // ER_LOCK_DEADLOCK (also a Galera certification conflict)
   1205, // ER_LOCK_WAIT_TIMEOUT
+  1467, // ER_AUTOINC_READ_FAILED: MariaDB's answer when a wait for a table's AUTO-INC lock timed out
 ]);
 
 /**

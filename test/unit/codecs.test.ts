@@ -12,6 +12,7 @@ import { errorTable, toConnectError, toPublicError } from "../../src/transport/e
 import { parseQueryString } from "../../src/transport/rest.js";
 import { enumShortName } from "../../src/transport/rest-json.js";
 import { developmentKeyEncryptionKey, loadConfig } from "../../src/config.js";
+import { translateDriverError } from "../../src/store/db.js";
 
 /** Converters, codecs and the error table: pure functions, checked in milliseconds. */
 
@@ -250,5 +251,18 @@ describe("config", () => {
 
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
     expect(env({}).rateLimits).toEqual({ readPerMinute: 0, writePerMinute: 0, refreshPerMinute: 0, ipPerMinute: 6_000, authFailuresPerMinute: 100 });
+  });
+});
+
+describe("database errors", () => {
+  it.each([
+    [1205, "a row lock wait that timed out"],
+    [1213, "a deadlock (or a Galera certification conflict)"],
+    [1467, "an AUTO-INC lock wait that timed out (MariaDB: ER_AUTOINC_READ_FAILED), which was a 500"],
+  ])("errno %i, %s, is unavailable (503), never internal", (errno) => {
+    const err = Object.assign(new Error("from the server"), { errno, code: "ER_X" });
+    const translated = translateDriverError(err);
+    expect(translated).toBeInstanceOf(AppError);
+    expect((translated as AppError).code).toBe("unavailable");
   });
 });
