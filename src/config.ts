@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import { defaultEventRetentionDays } from "./domain/events.js";
+import { databaseNameOf } from "./store/db.js";
 
 /**
  * The development key-encryption key. It lets `npm start` work with no configuration; with
@@ -230,13 +231,7 @@ function defaultIssuer(r: Reader, host: string, port: number): string {
 function databaseUrl(r: Reader): string {
   const url = r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:");
   if (!URL.canParse(url) || new URL(url).protocol !== "mysql:") return url; // its own problem is reported
-  let database: string;
-  try {
-    database = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
-  } catch {
-    database = "";
-  }
-  if (!/^[A-Za-z0-9_$]{1,64}$/.test(database)) {
+  if (databaseNameOf(url) === undefined) {
     r.problem("DATABASE_URL", "must name a database of letters, digits, _ or $ (up to 64), such as mysql://root@127.0.0.1:3306/sessions");
   }
   return url;

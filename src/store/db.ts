@@ -62,11 +62,25 @@ export function text(value: Buffer | string): string {
   return typeof value === "string" ? value : value.toString("utf8");
 }
 
+/**
+ * The database a mysql:// URL names, or undefined unless it is one the service can create and use
+ * unquoted: 1 to 64 letters, digits, _ or $ (config.ts reports the problem at start).
+ */
+export function databaseNameOf(url: string): string | undefined {
+  let database: string;
+  try {
+    database = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
+  } catch {
+    return undefined;
+  }
+  return /^[A-Za-z0-9_$]{1,64}$/.test(database) ? database : undefined;
+}
+
 /** Creates the database named in the URL if it is missing, then opens a pool on it. */
 export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<Pool> {
   const parsed = new URL(url);
-  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ""));
-  if (!/^[A-Za-z0-9_$]{1,64}$/.test(database)) {
+  const database = databaseNameOf(url);
+  if (database === undefined) {
     throw new Error("DATABASE_URL must name a database of letters, digits, _ or $");
   }
   const common = {
@@ -290,15 +304,15 @@ function deadlineError(deadline: Deadline, cause: unknown): AppError {
     : unavailable(cause);
 }
 
-/**
- * Translates a driver error at the storage edge: connectivity, pool and lock failures become
- * `unavailable`; anything else stays an internal error whose text only reaches the log.
- */
 /** A statement refused for a row whose unique key is taken (ER_DUP_ENTRY). */
 export function isDuplicateKey(err: unknown): boolean {
   return (err as DriverError)?.errno === 1062;
 }
 
+/**
+ * Translates a driver error at the storage edge: connectivity, pool and lock failures become
+ * `unavailable`; anything else stays an internal error whose text only reaches the log.
+ */
 export function translateDriverError(err: unknown): unknown {
   if (err instanceof AppError) return err;
   const e = err as DriverError;
@@ -543,8 +557,7 @@ async function takeNamedLock(conn: PoolConnection, key: string, deadline: Deadli
   if (rows[0]?.got !== 1) throw unavailable(new Error("timed out waiting for a named lock"));
 }
 
-/** Runs one statement outside a transaction, translating driver errors. */
-/** Runs `work` on a pooled connection, within the current operation's deadline (as `query` does). */
+/** Runs `work` on a pooled connection within the current operation's deadline, translating driver errors. */
 export async function withPooledConnection<T>(pool: Pool, work: (conn: PoolConnection) => Promise<T>): Promise<T> {
   try {
     return await withConnection(pool, operationDeadline(), work);
@@ -553,15 +566,9 @@ export async function withPooledConnection<T>(pool: Pool, work: (conn: PoolConne
   }
 }
 
-export async function query<T>(pool: Pool, sql: string, params: unknown[] = []): Promise<T> {
-  try {
-    return await withConnection(pool, operationDeadline(), async (conn) => {
-      const [rows] = await conn.query(sql, params);
-      return rows as T;
-    });
-  } catch (err) {
-    throw translateDriverError(err);
-  }
+/** Runs one statement outside a transaction, translating driver errors. */
+export function query<T>(pool: Pool, sql: string, params: unknown[] = []): Promise<T> {
+  return withPooledConnection(pool, async (conn) => (await conn.query(sql, params))[0] as T);
 }
 
 /**
