@@ -4,6 +4,7 @@ import { createValidator, type Violation } from "@bufbuild/protovalidate";
 import { field as fieldRules, message as messageRules } from "../../gen/buf/validate/validate_pb.js";
 import { file_sessions_v1_rules } from "../../gen/sessions/v1/rules_pb.js";
 import { AppError } from "../domain/errors.js";
+import { schemaRegexMatch } from "./regex-match.js";
 import { enumShortName } from "./rest-json.js";
 
 /**
@@ -42,7 +43,7 @@ export interface RequestValidator {
  */
 export function createRequestValidator(schemas: Iterable<DescMessage>): RequestValidator {
   // The registry holds the predefined rules (rules.proto), which protovalidate must know to apply.
-  const validator = createValidator({ registry: createRegistry(file_sessions_v1_rules) });
+  const validator = createValidator({ registry: createRegistry(file_sessions_v1_rules), regexMatch: schemaRegexMatch });
   for (const schema of schemas) {
     const warmUp = validator.validate(schema, create(schema));
     if (warmUp.kind === "error") throw warmUp.error;
