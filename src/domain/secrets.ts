@@ -1,20 +1,25 @@
-import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, randomFillSync, timingSafeEqual } from "node:crypto";
 import { monotonicFactory } from "ulid";
 
 /**
- * The ULID library asks its random source for one byte per character (16 per id), and its default
- * source makes a crypto call for each: 12% of a create. This one draws 4 KiB from the same CSPRNG
- * at a time and hands the bytes out one by one.
+ * Randomness drawn from the CSPRNG 4 KiB at a time and handed out in pieces, each byte once: the
+ * ULID library asks for one byte per character (16 per id), and a crypto call per id or per
+ * secret cost more than the bytes themselves (12% of a create for ids, 2% for the refresh token).
  */
-let randomPool = Buffer.alloc(0);
-let randomAt = 0;
-function pooledRandom(): number {
-  if (randomAt >= randomPool.length) {
-    randomPool = randomBytes(4096);
+const randomPool = Buffer.alloc(4096);
+let randomAt = randomPool.length;
+
+/** The next `n` (≤ 4096) pooled random bytes, as a view that the next draw may overwrite: use it at once. */
+function drawRandom(n: number): Buffer {
+  if (randomAt + n > randomPool.length) {
+    randomFillSync(randomPool);
     randomAt = 0;
   }
-  return (randomPool[randomAt++] as number) / 256;
+  randomAt += n;
+  return randomPool.subarray(randomAt - n, randomAt);
 }
+
+const pooledRandom = () => (drawRandom(1)[0] as number) / 256;
 
 const ulid = monotonicFactory(pooledRandom);
 
@@ -31,7 +36,7 @@ export const idPatterns = {
 
 /** 32 random bytes (256 bits) behind a prefix, base64url encoded: the shape of every bearer secret. */
 export function newSecret(prefix: "rt_" | "sk_live_" | "sk_test_"): string {
-  return prefix + randomBytes(32).toString("base64url");
+  return prefix + drawRandom(32).toString("base64url");
 }
 
 /** Secrets are high-entropy, so one SHA-256 is the right hash: fast to check, infeasible to invert. */
