@@ -165,6 +165,10 @@ function readConfig(env: NodeJS.ProcessEnv) {
     redisUrl: redisUrl(r),
     redisKeyPrefix: r.text("REDIS_KEY_PREFIX", "sessions"),
     trustProxy: r.trustProxy("TRUST_PROXY"),
+    // The refresh tokens new sessions get (src/domain/refresh-tokens.ts). Every version since
+    // migration 0009 accepts both; `legacy` is for the rolling upgrade from an earlier version, whose
+    // instances do not know numbered tokens.
+    refreshTokens: r.oneOf("REFRESH_TOKENS", ["numbered", "legacy"], "numbered"),
     // Ended sessions and rotated refresh tokens are deleted this many days after their end.
     retentionDays: r.int("RETENTION_DAYS", 1, 3650, 30),
     // How often an instance tries to run the session sweep (one instance at a time): it records

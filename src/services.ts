@@ -210,6 +210,7 @@ async function openOnce(config: Config, clock: Clock, log: Logger): Promise<Serv
         clock,
         cursorKey: deriveKey("sessions/cursor-mac/v1"),
         refreshTokenKey: deriveKey("sessions/refresh-successor/v1"),
+        refreshTokenFormat: config.refreshTokens,
         // Policy changes reach every instance within the same window as API-key revocations.
         policies: createPolicySource(createPolicyStore(pool), config.apiKeyCacheSeconds),
       }),

@@ -1,5 +1,5 @@
 import { decodeProtectedHeader } from "jose";
-import { hashSecret } from "../src/domain/secrets.js";
+import { parseNumberedRefreshToken } from "../src/domain/refresh-tokens.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { endOf, statusOf, type SessionPolicy } from "../src/domain/model.js";
 import { defaultPolicy } from "../src/domain/policy.js";
@@ -126,11 +126,11 @@ describe("refresh across instances", () => {
       // One successor for all ten, and it is the session's live token.
       const handedOut = new Set(results.map((r) => (r.status === "fulfilled" ? r.value.refreshToken : "")));
       expect(handedOut.size).toBe(1);
-      const [rows] = (await services.pool.query("SELECT refresh_token_hash FROM sessions WHERE tenant_id = ? AND id = ?", [
+      const [rows] = (await services.pool.query("SELECT refresh_generation FROM sessions WHERE tenant_id = ? AND id = ?", [
         tenant,
         pair.session.id,
-      ])) as unknown as [{ refresh_token_hash: Buffer }[]];
-      expect(rows[0]!.refresh_token_hash).toEqual(hashSecret([...handedOut][0]!));
+      ])) as unknown as [{ refresh_generation: number }[]];
+      expect(rows[0]!.refresh_generation).toBe(parseNumberedRefreshToken([...handedOut][0]!)!.generation);
       expect((await services.sessionService.get(tenant, pair.session.id)).recordedEnd).toBeNull();
     } finally {
       await peer.close();

@@ -25,10 +25,15 @@ async function expectAppError(promise: Promise<unknown>, code: string, field?: s
   if (field !== undefined) expect((err as AppError).field).toBe(field);
 }
 
+/** An instance that gives new sessions legacy refresh tokens (REFRESH_TOKENS=legacy), on the same database. */
+let legacy: Services;
+
 beforeAll(async () => {
   services = await openServices(config, { clock });
+  legacy = await openServices({ ...config, refreshTokens: "legacy" }, { clock });
 });
 afterAll(async () => {
+  await legacy.close();
   await services.close();
   await dropDatabase(config.databaseUrl);
 });
@@ -38,7 +43,7 @@ describe("create", () => {
     const pair = await services.sessionService.create(tenantA, createInput());
     expect(pair.session.id).toMatch(/^ses_[0-9A-Z]{26}$/);
     expect(pair.session).toMatchObject({ deviceType: "desktop", country: "US", role: "member", orgId: null });
-    expect(pair.refreshToken).toMatch(/^rt_[A-Za-z0-9_-]{43}$/);
+    expect(pair.refreshToken).toMatch(/^rt_[A-Za-z0-9_-]{83}$/);
     expect(pair.accessTokenExpiresAt.getTime() - clock.now().getTime()).toBe(15 * 60 * 1000);
     expect(pair.refreshTokenExpiresAt.getTime() - clock.now().getTime()).toBe(30 * 24 * 3600 * 1000);
     const stored = await services.sessionService.get(tenantA, pair.session.id);
@@ -194,9 +199,22 @@ describe("verify", () => {
   });
 });
 
-describe("refresh", () => {
+// Sessions created since migration 0009 hold numbered refresh tokens; older ones legacy tokens
+// (src/domain/refresh-tokens.ts). Both follow the same rules.
+describe.each(["numbered", "legacy"] as const)("refresh (%s tokens)", (format) => {
+  /**
+   * A new session of tenant A and its refresh token, in this format: a legacy one as an instance
+   * configured for them (or an earlier version) gives it; every refresh then goes to an instance
+   * that gives numbered tokens to new sessions, as during and after an upgrade.
+   */
+  async function start(tenantId = tenantA) {
+    const pair = await (format === "legacy" ? legacy : services).sessionService.create(tenantId, createInput());
+    expect(pair.refreshToken).toMatch(format === "legacy" ? /^rt_[A-Za-z0-9_-]{43}$/ : /^rt_[A-Za-z0-9_-]{83}$/);
+    return pair;
+  }
+
   it("rotates: the new token works, the session's last_active_at moves", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     clock.advance(60_000);
     const next = await services.sessionService.refresh(tenantA, pair.refreshToken);
     expect(next.refreshToken).not.toBe(pair.refreshToken);
@@ -211,7 +229,7 @@ describe("refresh", () => {
   });
 
   it("answers a retry within the grace window with the same successor, and treats reuse after it as theft", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
     clock.advance(5_000);
     const retry = await services.sessionService.refresh(tenantA, pair.refreshToken);
@@ -228,7 +246,7 @@ describe("refresh", () => {
   });
 
   it("treats a retry as reuse once its successor has been used, even within the grace window", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
     await services.sessionService.refresh(tenantA, first.refreshToken);
     clock.advance(1_000);
@@ -237,7 +255,7 @@ describe("refresh", () => {
   });
 
   it("rejects unknown, malformed and other tenants' refresh tokens without touching the session", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     await expectAppError(services.sessionService.refresh(tenantB, pair.refreshToken), "refresh_token_invalid");
     await expectAppError(services.sessionService.refresh(tenantA, "rt_nope"), "refresh_token_invalid");
     expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toBeNull();
@@ -245,39 +263,47 @@ describe("refresh", () => {
   });
 
   it("refuses after the session's absolute expiry", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     clock.advance(30 * 24 * 3600 * 1000 + 1);
     await expectAppError(services.sessionService.refresh(tenantA, pair.refreshToken), "refresh_token_expired");
     clock.advance(-(30 * 24 * 3600 * 1000 + 1));
   });
 
   it.each([2, 5, 20])("%d concurrent refreshes of one token all get the one live successor", async (n) => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     const results = await Promise.allSettled(Array.from({ length: n }, () => services.sessionService.refresh(tenantA, pair.refreshToken)));
     const successes = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     // Every concurrent call is within the grace window: all succeed, none is a 5xx.
     expect(results.filter((r) => r.status === "rejected")).toEqual([]);
     expect(successes.length).toBe(n);
     expect(new Set(successes.map((s) => s.refreshToken)).size).toBe(1);
-    // The session's live token is the one handed out, and the presented one is on record as rotated.
-    const [rows] = (await services.pool.query("SELECT refresh_token_hash FROM sessions WHERE tenant_id = ? AND id = ?", [
-      tenantA,
-      pair.session.id,
-    ])) as unknown as [{ refresh_token_hash: Buffer }[]];
-    const live = successes.find((s) => hashSecret(s.refreshToken).equals(rows[0]!.refresh_token_hash));
-    const [rotated] = (await services.pool.query("SELECT successor_hash FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ? AND rotated_at IS NOT NULL", [
-      tenantA,
-      hashSecret(pair.refreshToken),
-    ])) as unknown as [{ successor_hash: Buffer }[]];
-    expect(rotated[0]?.successor_hash).toEqual(rows[0]!.refresh_token_hash);
-    expect(live).toBeDefined();
+    const live = successes[0];
+    if (format === "numbered") {
+      // One rotation: the session's live token is generation 1.
+      const [rows] = (await services.pool.query("SELECT refresh_generation FROM sessions WHERE tenant_id = ? AND id = ?", [tenantA, pair.session.id])) as unknown as [
+        { refresh_generation: number }[],
+      ];
+      expect(rows[0]?.refresh_generation).toBe(1);
+    } else {
+      // The session's live token is the one handed out, and the presented one is on record as rotated.
+      const [rows] = (await services.pool.query("SELECT refresh_token_hash FROM sessions WHERE tenant_id = ? AND id = ?", [
+        tenantA,
+        pair.session.id,
+      ])) as unknown as [{ refresh_token_hash: Buffer }[]];
+      expect(hashSecret(live!.refreshToken)).toEqual(rows[0]!.refresh_token_hash);
+      const [rotated] = (await services.pool.query("SELECT successor_hash FROM refresh_tokens WHERE tenant_id = ? AND token_hash = ? AND rotated_at IS NOT NULL", [
+        tenantA,
+        hashSecret(pair.refreshToken),
+      ])) as unknown as [{ successor_hash: Buffer }[]];
+      expect(rotated[0]?.successor_hash).toEqual(rows[0]!.refresh_token_hash);
+    }
     clock.advance(11_000);
     await services.sessionService.refresh(tenantA, live!.refreshToken);
     expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd).toBeNull();
   });
 
   it("a refresh racing a revoke leaves nothing usable", async () => {
-    const pair = await services.sessionService.create(tenantA, createInput());
+    const pair = await start();
     const [refreshed] = await Promise.allSettled([
       services.sessionService.refresh(tenantA, pair.refreshToken),
       services.sessionService.revoke(tenantA, pair.session.id, null),
@@ -290,3 +316,48 @@ describe("refresh", () => {
     }
   });
 });
+describe("numbered refresh tokens", () => {
+  const base64url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  /** `token` with its decoded bytes changed by `edit`, spelled canonically. */
+  const edited = (token: string, edit: (body: Buffer) => void) => {
+    const body = Buffer.from(token.slice(3), "base64url");
+    edit(body);
+    return `rt_${body.toString("base64url")}`;
+  };
+
+  it("refuses forged, altered and future tokens as invalid, leaving the session and its live token as they were", async () => {
+    const pair = await services.sessionService.create(tenantA, createInput());
+    const other = await services.sessionService.create(tenantA, createInput());
+    const forged = [
+      edited(pair.refreshToken, (b) => void (b[40] = (b[40] as number) ^ 1)), // a MAC bit
+      edited(pair.refreshToken, (b) => b.writeUInt32BE(1, 26)), // the next generation, with generation 0's MAC
+      edited(pair.refreshToken, (b) => b.write(other.session.id.slice(4), 0, "latin1")), // another session's id
+      edited(pair.refreshToken, (b) => b.write("0".repeat(26), 0, "latin1")), // no such session
+      edited(pair.refreshToken, (b) => b.write("u".repeat(26), 0, "latin1")), // not a ULID
+      // The same bytes spelled another way (base64url's spare bits in the last character).
+      pair.refreshToken.slice(0, -1) + base64url[base64url.indexOf(pair.refreshToken.at(-1) as string) ^ 1],
+    ];
+    for (const token of forged) await expectAppError(services.sessionService.refresh(tenantA, token), "refresh_token_invalid");
+    for (const session of [pair.session, other.session]) expect((await services.sessionService.get(tenantA, session.id)).recordedEnd).toBeNull();
+    const next = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    expect(next.session.id).toBe(pair.session.id);
+  });
+
+  it("ends the session when a token two or more generations old comes back, whatever the grace window", async () => {
+    const pair = await services.sessionService.create(tenantA, createInput());
+    const first = await services.sessionService.refresh(tenantA, pair.refreshToken);
+    const second = await services.sessionService.refresh(tenantA, first.refreshToken);
+    await services.sessionService.refresh(tenantA, second.refreshToken);
+    await expectAppError(services.sessionService.refresh(tenantA, first.refreshToken), "refresh_token_invalid");
+    expect((await services.sessionService.get(tenantA, pair.session.id)).recordedEnd?.reason).toBe("refresh_token_reuse");
+  });
+
+  it("keeps no rotated token anywhere: rotations leave refresh_tokens empty", async () => {
+    const tenant = newId("tnt");
+    let { refreshToken } = await services.sessionService.create(tenant, createInput());
+    for (let i = 0; i < 5; i++) ({ refreshToken } = await services.sessionService.refresh(tenant, refreshToken));
+    const [rows] = (await services.pool.query("SELECT COUNT(*) AS n FROM refresh_tokens WHERE tenant_id = ?", [tenant])) as unknown as [{ n: number }[]];
+    expect(Number(rows[0]?.n)).toBe(0);
+  });
+});
+

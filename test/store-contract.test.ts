@@ -43,7 +43,7 @@ describe("status: the SQL mirror agrees with the domain rule", () => {
         tenantId, id: newId("ses"), userId: `u${i % 3}`, userAgent: "", ipAddress: "", country: "", deviceType: "unknown",
         role: "member", orgId: null, isMfaVerified: false, createdAt, lastActiveAt: createdAt, expiresAt, idleExpiresAt, recordedEnd: null,
       };
-      await store.insertSession(session, Buffer.alloc(32, i), null);
+      await store.insertSession(session, { nonce: Buffer.alloc(32, i) }, null);
       const fate = rnd();
       if (fate < 0.3) {
         // Revoked at some instant, possibly after it had already ended (then nothing changes).
@@ -82,7 +82,7 @@ describe("creates share one INSERT", () => {
     const store = createSessionStore(services.pool);
     const tenantId = newId("tnt");
     const sessions = Array.from({ length: 200 }, () => sessionOf(tenantId));
-    await Promise.all(sessions.map((s, i) => store.insertSession(s, Buffer.alloc(32, i + 1), null)));
+    await Promise.all(sessions.map((s, i) => store.insertSession(s, { nonce: Buffer.alloc(32, i + 1) }, null)));
     const [rows] = await services.pool.query<import("mysql2").RowDataPacket[]>("SELECT id FROM sessions WHERE tenant_id = ?", [tenantId]);
     expect(rows.map((r) => String(r.id)).sort()).toEqual(sessions.map((s) => s.id).sort());
     const [events] = await services.pool.query<import("mysql2").RowDataPacket[]>(
@@ -96,13 +96,13 @@ describe("creates share one INSERT", () => {
     const store = createSessionStore(services.pool);
     const tenantId = newId("tnt");
     const taken = sessionOf(tenantId);
-    await store.insertSession(taken, Buffer.alloc(32, 1), null);
+    await store.insertSession(taken, { nonce: Buffer.alloc(32, 1) }, null);
     // Asked in one turn: they share a batch, which holds one duplicate id and one duplicate refresh token.
     const fresh = Array.from({ length: 6 }, () => sessionOf(tenantId));
     const results = await Promise.allSettled([
-      ...fresh.map((s, i) => store.insertSession(s, Buffer.alloc(32, i + 10), null)),
-      store.insertSession(sessionOf(tenantId, taken.id), Buffer.alloc(32, 2), null),
-      store.insertSession(sessionOf(tenantId), Buffer.alloc(32, 1), null),
+      ...fresh.map((s, i) => store.insertSession(s, { nonce: Buffer.alloc(32, i + 10) }, null)),
+      store.insertSession(sessionOf(tenantId, taken.id), { nonce: Buffer.alloc(32, 2) }, null),
+      store.insertSession(sessionOf(tenantId), { nonce: Buffer.alloc(32, 1) }, null),
     ]);
     expect(results.map((r) => r.status)).toEqual([...fresh.map(() => "fulfilled"), "rejected", "rejected"]);
     const [rows] = await services.pool.query<import("mysql2").RowDataPacket[]>("SELECT id FROM sessions WHERE tenant_id = ?", [tenantId]);

@@ -19,11 +19,15 @@ const day = 24 * 60 * 60 * 1000;
 const clock = manualClock();
 const config = testConfig({ API_KEY_CACHE_SECONDS: "0", RETENTION_DAYS: "30" });
 let services: Services;
+/** An instance that gives new sessions legacy refresh tokens, whose rotated tokens are kept (migration 0009). */
+let legacy: Services;
 
 beforeAll(async () => {
   services = await openServices(config, { clock });
+  legacy = await openServices({ ...config, refreshTokens: "legacy" }, { clock });
 });
 afterAll(async () => {
+  await legacy.close();
   await services.close();
   await dropDatabase(config.databaseUrl);
 });
@@ -85,8 +89,9 @@ describe("retention sweep", () => {
     const revoked = await svc.create(tenant, createInput({ userId: "revoked" }));
     await svc.revoke(tenant, revoked.session.id, null);
     const idle = await svc.create(tenant, createInput({ userId: "idle" }));
-    const expiring = await svc.create(tenant, createInput({ userId: "expiring" }));
-    const living = await svc.create(tenant, createInput({ userId: "living" }));
+    // Rotated tokens are kept for sessions with legacy refresh tokens only (migration 0009).
+    const expiring = await legacy.sessionService.create(tenant, createInput({ userId: "expiring" }));
+    const living = await legacy.sessionService.create(tenant, createInput({ userId: "living" }));
     // Refreshed daily: it lives on (its first tokens are rotated away), while the others end.
     let token = (await svc.refresh(tenant, expiring.refreshToken)).refreshToken;
     let living_token = living.refreshToken;

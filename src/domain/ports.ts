@@ -13,6 +13,7 @@ import type {
   SigningKeyRecord,
   Tenant,
 } from "./model.js";
+import type { RefreshChain } from "./refresh-tokens.js";
 
 /**
  * The storage the domain needs. The domain owns this interface; src/store implements it on MySQL.
@@ -20,11 +21,12 @@ import type {
  */
 export interface SessionStore {
   /**
-   * Inserts a session and its first refresh token. With a cap, first revokes (reason
+   * Inserts a session and its first refresh token: the nonce of its numbered tokens, or the hash of
+   * a legacy one (refresh-tokens.ts). With a cap, first revokes (reason
    * session_limit) the user's oldest active sessions so that at most `cap` remain with the new one;
    * concurrent creates for one user are serialised on that user's rows.
    */
-  insertSession(session: Session, refreshTokenHash: Buffer, cap: number | null): Promise<void>;
+  insertSession(session: Session, firstToken: { nonce: Buffer } | { legacyHash: Buffer }, cap: number | null): Promise<void>;
   getSession(tenantId: string, id: string): Promise<Session | null>;
   /**
    * Just what decides whether a session is active, read fresh from the database (never cached):
@@ -49,7 +51,21 @@ export interface SessionStore {
    * is the hash of the token a rotation makes live (derived from the presented one).
    */
   refresh(tenantId: string, presentedHash: Buffer, successorHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
+  /**
+   * Refreshes a session whose refresh tokens are numbered (refresh-tokens.ts): reads the session
+   * and its chain, lets `decide` choose (null: no such session), and applies the choice with one
+   * statement guarded by the generation read, so concurrent calls for one session cannot both
+   * rotate. A rotation makes the next generation live, at `now`. The result carries the chain as it
+   * stands after the choice.
+   */
+  refreshNumbered(tenantId: string, sessionId: string, now: Date, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult>;
 }
+
+export type NumberedRefreshDecider = (chain: RefreshChain, session: Session) => RefreshDecision;
+
+export type NumberedRefreshResult =
+  | { ok: true; session: Session; chain: RefreshChain }
+  | { ok: false; error: RefreshError };
 
 export interface Revocation {
   now: Date;

@@ -39,6 +39,11 @@ export function newSecret(prefix: "rt_" | "sk_live_" | "sk_test_"): string {
   return prefix + drawRandom(32).toString("base64url");
 }
 
+/** 32 random bytes of the session's own for its refresh tokens' MACs (refresh-tokens.ts). */
+export function newNonce(): Buffer {
+  return Buffer.from(drawRandom(32));
+}
+
 /** Secrets are high-entropy, so one SHA-256 is the right hash: fast to check, infeasible to invert. */
 export function hashSecret(secret: string): Buffer {
   return createHash("sha256").update(secret).digest();

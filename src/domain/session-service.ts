@@ -5,9 +5,17 @@ import { AppError } from "./errors.js";
 import { statusOf, type DeviceType, type Session, type SessionPolicy, type SessionStatus } from "./model.js";
 import type { PolicySource } from "./policy.js";
 import type { RefreshDecider, SessionStore } from "./ports.js";
-import { hashSecret, idPatterns, newId, newSecret } from "./secrets.js";
+import { hashSecret, idPatterns, newId, newNonce, newSecret } from "./secrets.js";
 import type { AccessTokenClaims, KeyRing } from "./signing-keys.js";
-import { refreshTokenPattern, successorOf } from "./refresh-tokens.js";
+import {
+  isGenuine,
+  lastGeneration,
+  legacyRefreshTokenPattern,
+  numberedRefreshToken,
+  parseNumberedRefreshToken,
+  recordOfGeneration,
+  successorOf,
+} from "./refresh-tokens.js";
 import { cutToCharacters, isIdentifier } from "./text-rules.js";
 
 export interface SessionServiceDeps {
@@ -16,8 +24,10 @@ export interface SessionServiceDeps {
   clock: Clock;
   /** Key for the MACs on pagination cursors. */
   cursorKey: Buffer;
-  /** Key a refresh token's successor is derived with (refresh-tokens.ts). */
+  /** Key refresh tokens are made with (refresh-tokens.ts). */
   refreshTokenKey: Buffer;
+  /** The refresh tokens new sessions get; both are always accepted. */
+  refreshTokenFormat: "numbered" | "legacy";
   policies: PolicySource;
 }
 
@@ -106,7 +116,7 @@ function hasSessionClaims(claims: AccessTokenClaims): boolean {
   return isIdentifier(sub, maxIdCharacters) && isIdentifier(role, maxRoleCharacters) && (org_id === undefined || isIdentifier(org_id, maxIdCharacters));
 }
 
-export function createSessionService({ sessions, keys, clock, cursorKey, refreshTokenKey, policies }: SessionServiceDeps) {
+export function createSessionService({ sessions, keys, clock, cursorKey, refreshTokenKey, refreshTokenFormat, policies }: SessionServiceDeps) {
   /** An access token never outlives its session's absolute expiry. `now` is a whole second. */
   async function issueAccessToken(session: Session, now: Date, policy: SessionPolicy) {
     const expiresAt = wholeSeconds(new Date(Math.min(now.getTime() + policy.accessTokenTtlSeconds * 1000, session.expiresAt.getTime())));
@@ -227,32 +237,55 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
         idleExpiresAt: idleExpiry(now, policy),
         recordedEnd: null,
       };
-      const refreshToken = newSecret("rt_");
-      await sessions.insertSession(session, hashSecret(refreshToken), policy.maxSessionsPerUser);
+      let refreshToken: string;
+      if (refreshTokenFormat === "numbered") {
+        const nonce = newNonce();
+        await sessions.insertSession(session, { nonce }, policy.maxSessionsPerUser);
+        refreshToken = numberedRefreshToken(refreshTokenKey, tenantId, session.id, 0, nonce);
+      } else {
+        refreshToken = newSecret("rt_");
+        await sessions.insertSession(session, { legacyHash: hashSecret(refreshToken) }, policy.maxSessionsPerUser);
+      }
       const { accessToken, accessTokenExpiresAt } = await issueAccessToken(session, now, policy);
       return { session, accessToken, refreshToken, accessTokenExpiresAt, refreshTokenExpiresAt: session.expiresAt };
     },
 
     /**
      * Exchanges a refresh token for a new pair. The new refresh token is always the presented one's
-     * successor, derived from it (refresh-tokens.ts): a retry within grace gets the same one.
+     * successor, made from it (refresh-tokens.ts): a retry within grace gets the same one.
      */
     async refresh(tenantId: string, refreshToken: string): Promise<TokenPair & { expiresInSeconds: number }> {
+      const numbered = parseNumberedRefreshToken(refreshToken);
       // Not a format rule in the proto: a token we never issued is refresh_token_invalid (401), like an unknown one.
-      if (!refreshTokenPattern.test(refreshToken)) {
+      if (numbered === undefined && !legacyRefreshTokenPattern.test(refreshToken)) {
         throw new AppError("refresh_token_invalid", "the refresh token is invalid");
       }
       const policy = await policies.policyFor(tenantId);
       const decidedAt = clock.now();
       const now = wholeSeconds(decidedAt);
-      const next = successorOf(refreshTokenKey, refreshToken);
-      const result = await sessions.refresh(tenantId, hashSecret(refreshToken), hashSecret(next), decidedAt, decideRefresh(decidedAt, policy));
-      if (!result.ok) throw new AppError(result.error, refreshErrorMessages[result.error]);
+      const decide = decideRefresh(decidedAt, policy);
+      let result: { session: Session; refreshToken: string };
+      if (numbered !== undefined) {
+        const refreshed = await sessions.refreshNumbered(tenantId, numbered.sessionId, decidedAt, (chain, session) => {
+          const token = isGenuine(refreshTokenKey, tenantId, numbered, chain.nonce) ? recordOfGeneration(numbered.generation, chain) : undefined;
+          if (token === undefined) return { action: "reject", error: "refresh_token_invalid" };
+          if (token.rotatedAt === null && chain.generation === lastGeneration) return { action: "reject", error: "refresh_token_expired" };
+          return decide(token, session);
+        });
+        if (!refreshed.ok) throw new AppError(refreshed.error, refreshErrorMessages[refreshed.error]);
+        const { generation, nonce } = refreshed.chain;
+        result = { session: refreshed.session, refreshToken: numberedRefreshToken(refreshTokenKey, tenantId, numbered.sessionId, generation, nonce) };
+      } else {
+        const next = successorOf(refreshTokenKey, refreshToken);
+        const refreshed = await sessions.refresh(tenantId, hashSecret(refreshToken), hashSecret(next), decidedAt, decide);
+        if (!refreshed.ok) throw new AppError(refreshed.error, refreshErrorMessages[refreshed.error]);
+        result = { session: refreshed.session, refreshToken: next };
+      }
       const { accessToken, accessTokenExpiresAt } = await issueAccessToken(result.session, now, policy);
       return {
         session: result.session,
         accessToken,
-        refreshToken: next,
+        refreshToken: result.refreshToken,
         accessTokenExpiresAt,
         refreshTokenExpiresAt: result.session.expiresAt,
         expiresInSeconds: Math.round((accessTokenExpiresAt.getTime() - now.getTime()) / 1000),

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import DataLoader from "dataloader";
 import type { ResultSetHeader, RowDataPacket } from "mysql2/promise";
@@ -12,7 +13,19 @@ import {
   type Session,
   type SessionEndState,
 } from "../domain/model.js";
-import type { ListQuery, RefreshDecider, RefreshResult, RevokeFilter, Revocation, SessionStore } from "../domain/ports.js";
+import type {
+  ListQuery,
+  NumberedRefreshDecider,
+  NumberedRefreshResult,
+  RefreshDecider,
+  RefreshDecision,
+  RefreshError,
+  RefreshResult,
+  RevokeFilter,
+  Revocation,
+  SessionStore,
+} from "../domain/ports.js";
+import type { RefreshChain } from "../domain/refresh-tokens.js";
 import { inTransaction, isDuplicateKey, oneAtATimeOn, query, text, withPooledConnection, type Pool, type Statement } from "./db.js";
 
 /**
@@ -75,6 +88,13 @@ interface RefreshRow extends SessionRow {
   live_hash: Buffer;
 }
 
+/** A session with the chain of its numbered refresh tokens (null generation: a legacy session). */
+interface ChainRow extends SessionRow {
+  refresh_generation: number | null;
+  refresh_nonce: Buffer | null;
+  refresh_rotated_at: Date | null;
+}
+
 function toEndState(row: EndRow): SessionEndState {
   const recordedEnd: RecordedEnd | null =
     row.state === state.open ? null : { at: row.ends_at, reason: (row.end_reason ?? "revoked") as EndReason, by: row.ended_by };
@@ -109,7 +129,8 @@ interface StateRow extends EndRow {
 }
 
 const insertSessionsSql = `INSERT INTO sessions (tenant_id, id, user_id, user_agent, ip_address, country, device_type, role, org_id,
-                      mfa_verified, created_at, last_active_at, expires_at, idle_expires_at, state, ends_at, refresh_token_hash)
+                      mfa_verified, created_at, last_active_at, expires_at, idle_expires_at, state, ends_at, refresh_token_hash,
+                      refresh_generation, refresh_nonce)
 VALUES ?`;
 
 /** Most sessions one INSERT carries. */
@@ -257,12 +278,16 @@ export function createSessionStore(pool: Pool): SessionStore {
   const sessionLoader = batchedReads<SessionRow, Session>(pool, columns, toSession);
   const inserts = batchedInserts(pool);
   const refreshReads = batchedRefreshReads(pool);
+  const chainLoader = batchedReads<ChainRow, ChainRow>(pool, `${columns}, refresh_generation, refresh_nonce, refresh_rotated_at`, (row) => row);
 
   return {
-    async insertSession(s, refreshTokenHash, cap) {
+    async insertSession(s, firstToken, cap) {
+      // refresh_token_hash (unique, not null) serves legacy tokens only: a numbered session's holds
+      // the SHA-256 of its nonce, which is unique and which no token hashes to.
+      const refresh = "nonce" in firstToken ? [createHash("sha256").update(firstToken.nonce).digest(), 0, firstToken.nonce] : [firstToken.legacyHash, null, null];
       const row = [s.tenantId, s.id, s.userId, s.userAgent, s.ipAddress, s.country, s.deviceType, s.role, s.orgId,
-        s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, state.open, scheduledEndOf(s).at, refreshTokenHash];
-      // One row: the session holds its live refresh token (refresh_tokens keeps rotated ones).
+        s.isMfaVerified, s.createdAt, s.lastActiveAt, s.expiresAt, s.idleExpiresAt, state.open, scheduledEndOf(s).at, ...refresh];
+      // One row: the session holds its live refresh token (refresh_tokens keeps a legacy session's rotated ones).
       if (cap === null) {
         throwIfCancelled();
         await inserts.load({ row, checkCaller: cancellationCheck() });
@@ -429,17 +454,38 @@ export function createSessionStore(pool: Pool): SessionStore {
     async refresh(tenantId, presentedHash, successorHash, now, decide: RefreshDecider): Promise<RefreshResult> {
       // Refreshes of one token (a storm of tabs or retries) wait their turn in memory, not on connections.
       const rowKey = `refresh\0${tenantId}\0${presentedHash.toString("hex")}`;
-      // Read, decide, then write with one statement guarded by what was read: a write that finds the
-      // rows changed (another instance rotated or revoked in between) changes nothing, and the call
-      // reads and decides again. A batched read and one statement for a rotation instead of a
-      // transaction's five round trips, and no lock held while the service decides.
-      return oneAtATimeOn(pool, rowKey, async (run) => {
-        for (let attempt = 1; attempt <= maxRefreshAttempts; attempt++) {
-          const found = await refreshReads.load([tenantId, presentedHash]);
-          const outcome = await refreshOnce(run, found, tenantId, presentedHash, successorHash, now, decide);
-          if (outcome !== "changed") return outcome;
-        }
-        throw new AppError("unavailable", "the session changed repeatedly during the refresh; retry shortly");
+      return refreshLoop(pool, rowKey, async (run) => {
+        const row = await refreshReads.load([tenantId, presentedHash]);
+        if (!row) return { ok: false, error: "refresh_token_invalid" };
+        const session = toSession(row);
+        const successor = row.t_successor_hash;
+        const decision = decide(
+          { rotatedAt: row.t_rotated_at, isSuccessorLive: successor !== null && successor.equals(row.live_hash), isSuccessorDerived: successor !== null && successor.equals(successorHash) },
+          session,
+        );
+        // The live token is the presented one (rotate) or its successor (retry); a rotation makes the
+        // successor live and records the presented one as rotated, with this rotation's time and
+        // successor (trigger refresh_tokens_on_rotate, migration 0007).
+        const live = decision.action === "rotate" ? presentedHash : successorHash;
+        const outcome = await applyRefresh(run, tenantId, session, decision, { guard: ["refresh_token_hash = ?", live], rotate: ["refresh_token_hash = ?, refresh_rotated_at = ?", successorHash, now] });
+        return outcome === "changed" || !outcome.ok ? outcome : { ok: true, session: outcome.session };
+      });
+    },
+
+    async refreshNumbered(tenantId, sessionId, now, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult> {
+      return refreshLoop(pool, `refresh\0${tenantId}\0${sessionId}`, async (run) => {
+        const row = await chainLoader.load([tenantId, sessionId]);
+        if (!row || row.refresh_generation === null || row.refresh_nonce === null) return { ok: false, error: "refresh_token_invalid" };
+        const chain: RefreshChain = { generation: row.refresh_generation, nonce: row.refresh_nonce, rotatedAt: row.refresh_rotated_at };
+        const session = toSession(row);
+        const decision = decide(chain, session);
+        const outcome = await applyRefresh(run, tenantId, session, decision, {
+          guard: ["refresh_generation = ?", chain.generation],
+          rotate: ["refresh_generation = ?, refresh_rotated_at = ?", chain.generation + 1, now],
+        });
+        if (outcome === "changed" || !outcome.ok) return outcome;
+        const after = decision.action === "rotate" ? { generation: chain.generation + 1, nonce: chain.nonce, rotatedAt: now } : chain;
+        return { ok: true, session: outcome.session, chain: after };
       });
     },
   };
@@ -449,26 +495,38 @@ export function createSessionStore(pool: Pool): SessionStore {
 const maxRefreshAttempts = 4;
 
 /**
- * One refresh attempt: asks the domain about the presented token as read (`row`, null when no such
- * token), and applies the decision with a single statement whose WHERE holds what the decision rests
- * on. "changed": that statement matched nothing, so the rows moved on since the read.
+ * Read, decide, then write with one statement guarded by what was read: a write that finds the row
+ * changed (another instance rotated or revoked in between) changes nothing, and the call reads and
+ * decides again. A batched read and one batched statement, and no lock held while the service decides.
  */
-async function refreshOnce(
+async function refreshLoop<R extends { ok: boolean }>(pool: Pool, rowKey: string, attempt: (run: Statement) => Promise<R | "changed">): Promise<R> {
+  return oneAtATimeOn(pool, rowKey, async (run) => {
+    for (let i = 1; i <= maxRefreshAttempts; i++) {
+      const outcome = await attempt(run);
+      if (outcome !== "changed") return outcome;
+    }
+    throw new AppError("unavailable", "the session changed repeatedly during the refresh; retry shortly");
+  });
+}
+
+/** How a refresh statement tells the live token, and moves it on: SQL with its values. */
+interface TokenColumns {
+  guard: [sql: string, ...values: unknown[]];
+  rotate: [sql: string, ...values: unknown[]];
+}
+
+/**
+ * Applies the domain's refresh decision with a single statement whose WHERE holds what the decision
+ * rests on: the session open, and its live token the one the decision saw. "changed": that
+ * statement matched nothing, so the row moved on since the read.
+ */
+async function applyRefresh(
   run: Statement,
-  row: RefreshRow | null,
   tenantId: string,
-  presentedHash: Buffer,
-  successorHash: Buffer,
-  now: Date,
-  decide: RefreshDecider,
-): Promise<RefreshResult | "changed"> {
-  if (!row) return { ok: false, error: "refresh_token_invalid" };
-  const session = toSession(row);
-  const successor = row.t_successor_hash;
-  const decision = decide(
-    { rotatedAt: row.t_rotated_at, isSuccessorLive: successor !== null && successor.equals(row.live_hash), isSuccessorDerived: successor !== null && successor.equals(successorHash) },
-    session,
-  );
+  session: Session,
+  decision: RefreshDecision,
+  { guard: [guardSql, ...guardValues], rotate: [rotateSql, ...rotateValues] }: TokenColumns,
+): Promise<{ ok: true; session: Session } | { ok: false; error: RefreshError } | "changed"> {
   if (decision.action === "reject") return { ok: false, error: decision.error };
   if (decision.action === "revoke") {
     // A session that ended meanwhile stays as it ended; the answer is the same.
@@ -482,25 +540,14 @@ async function refreshOnce(
   }
   const { activeAt, idleExpiresAt } = decision;
   const endsAt = scheduledEndOf({ expiresAt: session.expiresAt, idleExpiresAt }).at;
-  let changed: ResultSetHeader;
-  if (decision.action === "rotate") {
-    // The session's live token moves to the successor only if the presented token is still the live
-    // one of an open session; the same statement records the presented token as rotated, with this
-    // rotation's time and successor (trigger refresh_tokens_on_rotate, migration 0007).
-    changed = await run<ResultSetHeader>(
-      `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?, refresh_token_hash = ?, refresh_rotated_at = ?
-        WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
-      [activeAt, idleExpiresAt, endsAt, successorHash, now, tenantId, session.id, state.open, presentedHash],
-    );
-  } else {
-    // A retry: the live token stays as it is; only the session's activity moves, while the
-    // successor is still its live token (once the successor is used, this token is reuse).
-    changed = await run<ResultSetHeader>(
-      `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?
-        WHERE tenant_id = ? AND id = ? AND state = ? AND refresh_token_hash = ?`,
-      [activeAt, idleExpiresAt, endsAt, tenantId, session.id, state.open, successorHash],
-    );
-  }
+  // A rotation moves the live token on; a retry leaves it (the successor handed out again) and only
+  // the session's activity moves.
+  const [moveSql, moveValues] = decision.action === "rotate" ? [`, ${rotateSql}`, rotateValues] : ["", []];
+  const changed = await run<ResultSetHeader>(
+    `UPDATE sessions SET last_active_at = ?, idle_expires_at = ?, ends_at = ?${moveSql}
+      WHERE tenant_id = ? AND id = ? AND state = ? AND ${guardSql}`,
+    [activeAt, idleExpiresAt, endsAt, ...moveValues, tenantId, session.id, state.open, ...guardValues],
+  );
   // Rows matched, not rows changed (mysql2 connects with CLIENT_FOUND_ROWS).
   if (changed.affectedRows === 0) return "changed";
   return { ok: true, session: { ...session, lastActiveAt: activeAt, idleExpiresAt } };

@@ -1,7 +1,7 @@
-import { createHash } from "node:crypto";
 import { readdirSync } from "node:fs";
 import mysql, { type RowDataPacket } from "mysql2/promise";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseNumberedRefreshToken } from "../../src/domain/refresh-tokens.js";
 import { closePool, isGaleraPool, openDatabase } from "../../src/store/db.js";
 import { call, eventually, type CallResult } from "../faults/helpers/app.js";
 import { testServerUrl } from "../helpers/db.js";
@@ -31,7 +31,6 @@ const statuses = new Map<number, number>();
 
 const dbUrl = (node: { url: string }) => `${node.url}/${database}`;
 const node = (i: number): GaleraNode => cluster.nodes[i - 1]!;
-const sha256 = (text: string) => createHash("sha256").update(text).digest();
 
 async function rest(instance: Instance, method: string, path: string, body?: unknown, headers = tenant.headers, timeoutMs = 15_000): Promise<CallResult> {
   const res = await call(instance.url, method, path, { headers, body, timeoutMs });
@@ -172,8 +171,8 @@ describe("the service on a three-node Galera cluster", () => {
         token = [...successors][0]!;
         // The one live token is that successor, on every node.
         for (const n of cluster.nodes) {
-          const [row] = await rowsOn(n, "SELECT refresh_token_hash, state FROM sessions WHERE tenant_id = ? AND id = ?", [tenant.id, created.json!.session.id]);
-          expect(Buffer.compare(row!.refresh_token_hash, sha256(token))).toBe(0);
+          const [row] = await rowsOn(n, "SELECT refresh_generation, state FROM sessions WHERE tenant_id = ? AND id = ?", [tenant.id, created.json!.session.id]);
+          expect(row!.refresh_generation).toBe(parseNumberedRefreshToken(token)!.generation);
           expect(row!.state).toBe(0);
         }
       }
@@ -203,7 +202,7 @@ describe("the service on a three-node Galera cluster", () => {
     // What the service acknowledged, to find in the database afterwards.
     const created = new Set<string>();
     const revoked = new Set<string>();
-    const refreshed = new Map<string, string>(); // successor hash hex → session id
+    const refreshed = new Map<string, number>(); // session id → the latest acknowledged refresh token's generation
     const live: { id: string; access: string; refresh: string }[] = [];
     // A call counts in the phase it began in: "before" includes calls in flight at the kill.
     let phase = "before";
@@ -228,7 +227,7 @@ describe("the service on a three-node Galera cluster", () => {
           const res = await refresh(who, s.refresh);
           note(who, res, at, op);
           if (res.status === 200) {
-            refreshed.set(sha256(res.json!.refresh_token).toString("hex"), s.id);
+            refreshed.set(s.id, Math.max(refreshed.get(s.id) ?? 0, parseNumberedRefreshToken(res.json!.refresh_token)!.generation));
             s.refresh = res.json!.refresh_token;
           }
         } else {
@@ -287,15 +286,15 @@ describe("the service on a three-node Galera cluster", () => {
     }
     expect(ids.filter((id) => !found.has(id))).toEqual([]);
     expect([...revoked].filter((id) => found.get(id) !== 2)).toEqual([]);
-    const hashes = [...refreshed.keys()].map((h) => Buffer.from(h, "hex"));
-    const known = new Set<string>();
-    for (let i = 0; i < hashes.length; i += 500) {
-      const batch = hashes.slice(i, i + 500);
-      for (const r of await rowsOn(node(3), "SELECT refresh_token_hash AS h FROM sessions WHERE tenant_id = ? AND refresh_token_hash IN (?) UNION ALL SELECT token_hash FROM refresh_tokens WHERE tenant_id = ? AND token_hash IN (?)", [tenant.id, batch, tenant.id, batch])) {
-        known.add(Buffer.from(r.h).toString("hex"));
+    // Every acknowledged refresh token is its session's live one or an earlier generation.
+    const generations = new Map<string, number>();
+    const refreshedIds = [...refreshed.keys()];
+    for (let i = 0; i < refreshedIds.length; i += 500) {
+      for (const r of await rowsOn(node(3), "SELECT id, refresh_generation FROM sessions WHERE tenant_id = ? AND id IN (?)", [tenant.id, refreshedIds.slice(i, i + 500)])) {
+        generations.set(String(r.id), Number(r.refresh_generation));
       }
     }
-    expect([...refreshed.keys()].filter((h) => !known.has(h))).toEqual([]);
+    expect([...refreshed].filter(([id, generation]) => !((generations.get(id) ?? -1) >= generation))).toEqual([]);
     console.log(`acknowledged and found: ${created.size} creates, ${revoked.size} revokes, ${refreshed.size} refreshes`);
 
     // The rejoined node has everything too, and serves reads of it.

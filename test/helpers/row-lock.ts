@@ -39,5 +39,8 @@ export async function whileRowLocked<T>(
   return Promise.all(started);
 }
 
-/** The refresh's guarded write: rotation of the presented token. */
-export const rotationStatement = "UPDATE sessions SET last_active_at = %, refresh_token_hash = %";
+/**
+ * The refresh's guarded write: rotation of the presented (numbered) token, alone or within a batch
+ * of statements (src/store/db.ts).
+ */
+export const rotationStatement = "%UPDATE sessions SET last_active_at = %, refresh_generation = %";

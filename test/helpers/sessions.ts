@@ -12,3 +12,4 @@ export const createInput = (over: Partial<CreateInput> = {}): CreateInput => ({
   isMfaVerified: false,
   ...over,
 });
+

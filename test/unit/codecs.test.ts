@@ -6,7 +6,7 @@ import { DeviceType, EndReason, SessionStatus, VerifyErrorCode, VerifyErrorCodeS
 import { decodeCursor, encodeCursor } from "../../src/domain/cursor.js";
 import { AppError, errorCodes } from "../../src/domain/errors.js";
 import type { Session } from "../../src/domain/model.js";
-import { refreshTokenPattern, successorOf } from "../../src/domain/refresh-tokens.js";
+import { legacyRefreshTokenPattern as refreshTokenPattern, successorOf } from "../../src/domain/refresh-tokens.js";
 import { fromProtoDeviceType, fromProtoStatus, toProtoSession, verifyErrorCodeToProto } from "../../src/transport/converters.js";
 import { errorTable, toConnectError, toPublicError } from "../../src/transport/error-codes.js";
 import { parseQueryString } from "../../src/transport/rest.js";
@@ -186,6 +186,12 @@ describe("config", () => {
 
   it.each(["yes", "10.0.0.0/33", "example.com", "1.2.3.4/8/9", "::1/129"])("refuses TRUST_PROXY=%j naming the variable", (value) => {
     expect(() => env({ TRUST_PROXY: value })).toThrow(/TRUST_PROXY/);
+  });
+
+  it("gives new sessions numbered refresh tokens unless REFRESH_TOKENS=legacy; refuses anything else", () => {
+    expect(env({}).refreshTokens).toBe("numbered");
+    expect(env({ REFRESH_TOKENS: "legacy" }).refreshTokens).toBe("legacy");
+    expect(() => env({ REFRESH_TOKENS: "opaque" })).toThrow(/REFRESH_TOKENS: must be one of numbered, legacy/);
   });
 
   it("names every bad variable at once, with what it must be", () => {

@@ -19,7 +19,8 @@ export interface FaultProxy {
    * Records the text of every statement (MySQL COM_QUERY packet) clients send from now on, whatever
    * the mode, until `stop()`, which returns them in order.
    */
-  recordQueries(): { stop(): string[] };
+  /** Records the text of every statement clients send from now on: `texts` so far, and all of them at `stop`. */
+  recordQueries(): { texts: readonly string[]; stop(): string[] };
   close(): Promise<void>;
 }
 
@@ -120,6 +121,7 @@ export async function startFaultProxy(targetPort: number): Promise<FaultProxy> {
       const texts: string[] = [];
       recorders.add(texts);
       return {
+        texts,
         stop: () => {
           recorders.delete(texts);
           return texts;
