@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError } from "../src/domain/errors.js";
 import { openServices, type Services } from "../src/services.js";
@@ -341,6 +341,16 @@ describe("numbered refresh tokens", () => {
     for (const session of [pair.session, other.session]) expect((await services.sessionService.get(tenantA, session.id)).recordedEnd).toBeNull();
     const next = await services.sessionService.refresh(tenantA, pair.refreshToken);
     expect(next.session.id).toBe(pair.session.id);
+  });
+
+  it("answers a storm of forged tokens naming a session 401, without crowding out that session's genuine refresh", async () => {
+    const pair = await services.sessionService.create(tenantA, createInput());
+    // More forgeries than one token's in-memory queue holds (32), each with the session's id and a random MAC.
+    const forged = Array.from({ length: 48 }, () => edited(pair.refreshToken, (b) => randomBytes(32).copy(b, 30)));
+    const answers = await Promise.allSettled([...forged.map((token) => services.sessionService.refresh(tenantA, token)), services.sessionService.refresh(tenantA, pair.refreshToken)]);
+    const genuine = answers.pop();
+    expect(genuine).toMatchObject({ status: "fulfilled", value: { session: { id: pair.session.id } } });
+    expect(new Set(answers.map((a) => (a.status === "rejected" ? (a.reason as AppError).code : "fulfilled")))).toEqual(new Set(["refresh_token_invalid"]));
   });
 
   it("ends the session when a token two or more generations old comes back, whatever the grace window", async () => {

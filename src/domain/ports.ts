@@ -13,7 +13,7 @@ import type {
   SigningKeyRecord,
   Tenant,
 } from "./model.js";
-import type { RefreshChain } from "./refresh-tokens.js";
+import type { NumberedRefreshToken, RefreshChain } from "./refresh-tokens.js";
 
 /**
  * The storage the domain needs. The domain owns this interface; src/store implements it on MySQL.
@@ -52,13 +52,13 @@ export interface SessionStore {
    */
   refresh(tenantId: string, presentedHash: Buffer, successorHash: Buffer, now: Date, decide: RefreshDecider): Promise<RefreshResult>;
   /**
-   * Refreshes a session whose refresh tokens are numbered (refresh-tokens.ts): reads the session
-   * and its chain, lets `decide` choose (null: no such session), and applies the choice with one
-   * statement guarded by the generation read, so concurrent calls for one session cannot both
-   * rotate. A rotation makes the next generation live, at `now`. The result carries the chain as it
+   * Refreshes the session `token` names, whose refresh tokens are numbered (refresh-tokens.ts):
+   * reads the session and its chain, lets `decide` choose (it checks the token's MAC), and applies
+   * the choice with one statement guarded by the generation read, so concurrent calls for one
+   * session cannot both rotate. A rotation makes the next generation live, at `now`. The result carries the chain as it
    * stands after the choice.
    */
-  refreshNumbered(tenantId: string, sessionId: string, now: Date, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult>;
+  refreshNumbered(tenantId: string, token: NumberedRefreshToken, now: Date, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult>;
 }
 
 export type NumberedRefreshDecider = (chain: RefreshChain, session: Session) => RefreshDecision;

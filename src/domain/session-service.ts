@@ -266,7 +266,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
       const decide = decideRefresh(decidedAt, policy);
       let result: { session: Session; refreshToken: string };
       if (numbered !== undefined) {
-        const refreshed = await sessions.refreshNumbered(tenantId, numbered.sessionId, decidedAt, (chain, session) => {
+        const refreshed = await sessions.refreshNumbered(tenantId, numbered, decidedAt, (chain, session) => {
           const token = isGenuine(refreshTokenKey, tenantId, numbered, chain.nonce) ? recordOfGeneration(numbered.generation, chain) : undefined;
           if (token === undefined) return { action: "reject", error: "refresh_token_invalid" };
           if (token.rotatedAt === null && chain.generation === lastGeneration) return { action: "reject", error: "refresh_token_expired" };

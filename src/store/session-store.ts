@@ -472,9 +472,12 @@ export function createSessionStore(pool: Pool): SessionStore {
       });
     },
 
-    async refreshNumbered(tenantId, sessionId, now, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult> {
-      return refreshLoop(pool, `refresh\0${tenantId}\0${sessionId}`, async (run) => {
-        const row = await chainLoader.load([tenantId, sessionId]);
+    async refreshNumbered(tenantId, token, now, decide: NumberedRefreshDecider): Promise<NumberedRefreshResult> {
+      // Keyed by the token as presented, MAC included, as the legacy path is by its hash: a storm of
+      // forged tokens naming a session queues apart from that session's genuine refreshes.
+      const rowKey = `refresh\0${tenantId}\0${token.sessionId}\0${token.generation}\0${token.mac.toString("hex")}`;
+      return refreshLoop(pool, rowKey, async (run) => {
+        const row = await chainLoader.load([tenantId, token.sessionId]);
         if (!row || row.refresh_generation === null || row.refresh_nonce === null) return { ok: false, error: "refresh_token_invalid" };
         const chain: RefreshChain = { generation: row.refresh_generation, nonce: row.refresh_nonce, rotatedAt: row.refresh_rotated_at };
         const session = toSession(row);
