@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import http2 from "node:http2";
+import net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { VerifyTokenRequestSchema } from "../gen/sessions/v1/sessions_pb.js";
@@ -42,6 +43,36 @@ describe("in-process server", () => {
     expect(res.status).toBe(201);
     return (await res.json()) as Json;
   }
+
+  it("answers HTTP/1.1 requests pipelined on one connection, each in turn, none taken for cancelled", async () => {
+    const { session, access_token: token } = await createSession();
+    const requests = [
+      ["POST", "/v1/sessions/verify", JSON.stringify({ token })],
+      ["GET", `/v1/sessions/${session.id}`, ""],
+      ["POST", "/v1/sessions/verify", JSON.stringify({ token })],
+    ].map(([method, path, body]) => {
+      const headers = Object.entries({ ...server.tenant.headers, "content-type": "application/json", "content-length": String(Buffer.byteLength(body!)) });
+      return `${method} ${path} HTTP/1.1\r\nHost: localhost\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n${body}`;
+    });
+    const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+    try {
+      const statuses = await new Promise<string[]>((resolve, reject) => {
+        let received = "";
+        socket.on("error", reject);
+        socket.on("data", (chunk) => {
+          received += chunk.toString();
+          // A response's status line follows the previous body directly.
+          const found = [...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1] as string);
+          if (found.length === requests.length) resolve(found);
+        });
+        // All three in one write: the second and third wait while the first is answered.
+        socket.write(requests.join(""));
+      });
+      expect(statuses).toEqual(["200", "200", "200"]);
+    } finally {
+      socket.destroy();
+    }
+  });
 
   it("a stream reset right after it was sent never runs to the signature check or the session read", async () => {
     const { access_token: token } = await createSession();

@@ -259,9 +259,11 @@ export function callInfoOf(request: FastifyRequest, reply: FastifyReply, protoco
     // Read when asked (before each expensive step), so a call costs no listener or AbortController.
     // HTTP/2: the stream was reset (RST_STREAM) or its connection lost (Node's compatibility layer
     // reports the response of a reset stream as finished, so only the request's flag tells).
+    // HTTP/1.1: the connection is gone. The request's socket, not the response's: a pipelined
+    // request's response gets its socket only once the responses before it are sent.
     signal: {
       get aborted() {
-        return "stream" in raw ? (request.raw as unknown as Http2ServerRequest).aborted : raw.socket === null || raw.socket.destroyed;
+        return "stream" in raw ? (request.raw as unknown as Http2ServerRequest).aborted : (request.raw as IncomingMessage).socket.destroyed;
       },
     },
     responseHeaders: new Map(),
