@@ -211,7 +211,8 @@ policySet.action(async (opts: Record<string, string | boolean | undefined> & { t
     for (const [key, attribute] of policyAttributes) {
       const raw = opts[attribute];
       if (typeof raw !== "string") continue;
-      (next as unknown as Record<string, number | null>)[key] = raw === "off" ? null : Number(raw);
+      // Digits only: Number() would also read "1e2", "0x10" or " 5" as integers.
+      (next as unknown as Record<string, number | null>)[key] = raw === "off" ? null : /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
     }
     try {
       validatePolicy(next);
