@@ -479,7 +479,9 @@ const maxStatementBatch = 32;
  * left out. Should the batch fail (a deadlock between two batches, a lock-wait timeout, a lost
  * certification on Galera), it is rolled back and each statement runs again on its own, so that only
  * a statement at fault fails, with its own error. A batch whose connection is lost fails as a whole:
- * whether its commit happened is unknown, as for any single statement.
+ * whether its commit happened is unknown, as for any single statement. A statement that waits on a
+ * row lock holds back the ones after it in its batch: fine for the short, guarded writes this
+ * serves (refresh), whose rows are locked for milliseconds, not for statements that may wait long.
  */
 function batchedStatements(pool: Pool): DataLoader<BatchedStatement, unknown> {
   return new DataLoader<BatchedStatement, unknown>(

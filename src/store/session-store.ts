@@ -467,8 +467,7 @@ export function createSessionStore(pool: Pool): SessionStore {
         // successor live and records the presented one as rotated, with this rotation's time and
         // successor (trigger refresh_tokens_on_rotate, migration 0007).
         const live = decision.action === "rotate" ? presentedHash : successorHash;
-        const outcome = await applyRefresh(run, tenantId, session, decision, { guard: ["refresh_token_hash = ?", live], rotate: ["refresh_token_hash = ?, refresh_rotated_at = ?", successorHash, now] });
-        return outcome === "changed" || !outcome.ok ? outcome : { ok: true, session: outcome.session };
+        return applyRefresh(run, tenantId, session, decision, { guard: ["refresh_token_hash = ?", live], rotate: ["refresh_token_hash = ?, refresh_rotated_at = ?", successorHash, now] });
       });
     },
 
