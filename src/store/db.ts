@@ -453,11 +453,31 @@ export async function oneAtATimeOn<T>(pool: Pool, rowKey: string, work: (run: St
   }
 }
 
-/** One call's statement, and how to tell whether that call is still waiting for it. */
-interface BatchedStatement {
+/** A batched call's request: how to tell whether its caller is still waiting for it. */
+export interface WaitingCaller {
+  checkCaller: () => void;
+}
+
+/**
+ * For each request of a batch, the error of a caller that went away (cancelled, or past its
+ * deadline) while the batch waited for a connection, or undefined for one still waiting: a batch
+ * leaves the gone out.
+ */
+export function callersGone(requests: readonly WaitingCaller[]): (Error | undefined)[] {
+  return requests.map((r) => {
+    try {
+      r.checkCaller();
+      return undefined;
+    } catch (err) {
+      return err as Error;
+    }
+  });
+}
+
+/** One call's statement. */
+interface BatchedStatement extends WaitingCaller {
   sql: string;
   params: unknown[];
-  checkCaller: () => void;
 }
 
 const statementBatchers = new WeakMap<Pool, DataLoader<BatchedStatement, unknown>>();
@@ -488,14 +508,7 @@ function batchedStatements(pool: Pool): DataLoader<BatchedStatement, unknown> {
     (requests) =>
       withoutCall(() =>
         withPooledConnection(pool, async (conn) => {
-          const outcomes = requests.map((r): unknown => {
-            try {
-              r.checkCaller();
-              return undefined;
-            } catch (err) {
-              return err as Error;
-            }
-          });
+          const outcomes: unknown[] = callersGone(requests);
           const live = requests.flatMap((r, i) => (outcomes[i] === undefined ? [i] : []));
           if (live.length > 1) {
             try {

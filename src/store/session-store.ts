@@ -26,7 +26,18 @@ import type {
   SessionStore,
 } from "../domain/ports.js";
 import type { RefreshChain } from "../domain/refresh-tokens.js";
-import { inTransaction, isDuplicateKey, oneAtATimeOn, query, text, withPooledConnection, type Pool, type Statement } from "./db.js";
+import {
+  callersGone,
+  inTransaction,
+  isDuplicateKey,
+  oneAtATimeOn,
+  query,
+  text,
+  withPooledConnection,
+  type Pool,
+  type Statement,
+  type WaitingCaller,
+} from "./db.js";
 
 /**
  * How a session's end is stored (migration 0003): `state` says whether an end is recorded and of
@@ -136,10 +147,9 @@ VALUES ?`;
 /** Most sessions one INSERT carries. */
 const maxInsertBatch = 64;
 
-/** One create's row, and how to tell whether its caller is still waiting for it. */
-interface InsertRequest {
+/** One create's row. */
+interface InsertRequest extends WaitingCaller {
   row: unknown[];
-  checkCaller: () => void;
 }
 
 /**
@@ -154,14 +164,7 @@ function batchedInserts(pool: Pool): DataLoader<InsertRequest, true> {
     (requests) =>
       withoutCall(() =>
         withPooledConnection(pool, async (conn) => {
-          const outcomes = requests.map((r): true | Error => {
-            try {
-              r.checkCaller();
-              return true;
-            } catch (err) {
-              return err as Error;
-            }
-          });
+          const outcomes = callersGone(requests).map((gone): true | Error => gone ?? true);
           const rows = requests.filter((_, i) => outcomes[i] === true).map((r) => r.row);
           if (rows.length === 0) return outcomes;
           try {
