@@ -298,10 +298,29 @@ function elementEncoder(field: DescField): Encode {
   }
 }
 
+const secondsPerDay = 86_400;
+/** "YYYY-MM-DD" by day since the epoch: a list page's hundreds of timestamps fall on a few days. */
+const dates = new Map<number, string>();
+
+function dateOfDay(day: number): string {
+  let date = dates.get(day);
+  if (date === undefined) {
+    if (dates.size >= 4096) dates.clear();
+    date = new Date(day * secondsPerDay * 1000).toISOString().slice(0, 10);
+    dates.set(day, date);
+  }
+  return date;
+}
+
+const twoDigits = (n: number) => (n < 10 ? `0${n}` : String(n));
+
 /** google.protobuf.Timestamp as proto3 JSON: RFC 3339 UTC, fractional seconds in 3, 6 or 9 digits when any. */
 function encodeTimestamp(value: unknown): string {
   const { seconds, nanos } = value as { seconds: bigint; nanos: number };
-  const base = new Date(Number(seconds) * 1000).toISOString().slice(0, 19);
+  const s = Number(seconds);
+  const day = Math.floor(s / secondsPerDay);
+  const t = s - day * secondsPerDay;
+  const base = `${dateOfDay(day)}T${twoDigits(Math.floor(t / 3600))}:${twoDigits(Math.floor(t / 60) % 60)}:${twoDigits(t % 60)}`;
   if (nanos === 0) return `"${base}Z"`;
   const digits = String(nanos).padStart(9, "0");
   const fraction = digits.endsWith("000000") ? digits.slice(0, 3) : digits.endsWith("000") ? digits.slice(0, 6) : digits;

@@ -1,6 +1,7 @@
-import { create, type DescField, type DescMessage, ScalarType } from "@bufbuild/protobuf";
+import { create, type DescField, type DescMessage, ScalarType, toJson } from "@bufbuild/protobuf";
+import { TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
-import { SessionService } from "../../gen/sessions/v1/sessions_pb.js";
+import { SessionSchema, SessionService } from "../../gen/sessions/v1/sessions_pb.js";
 import { restJsonEncoder, toRestJson } from "../../src/transport/rest-json.js";
 
 /**
@@ -67,6 +68,21 @@ describe("restJsonEncoder", () => {
     for (let i = 0; i < 300; i++) {
       const message = randomMessage(schema, rnd);
       expect(encode(message as never)).toBe(JSON.stringify(toRestJson(schema, message as never)));
+    }
+  });
+
+  it("writes timestamps across the whole Timestamp range (years 1 to 9999) as protobuf-es does", () => {
+    const rnd = random(7);
+    const first = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const last = 253_402_300_799; // 9999-12-31T23:59:59Z
+    const encode = restJsonEncoder(SessionSchema);
+    const edges = [first, last, -1, 0, 1, 86_399, 86_400, -86_400, -86_401, 951_782_400 /* 2000-02-29 */];
+    const seconds = [...edges, ...Array.from({ length: 20_000 }, () => first + Math.floor(rnd() * (last - first + 1)))];
+    for (const s of seconds) {
+      const nanos = [0, 1, 10_000_000, 999_999_999][Math.floor(rnd() * 4)] as number;
+      const createdAt = create(TimestampSchema, { seconds: BigInt(s), nanos });
+      const written = JSON.parse(encode(create(SessionSchema, { createdAt }))) as { created_at: string };
+      expect(written.created_at).toBe(toJson(TimestampSchema, createdAt));
     }
   });
 });
