@@ -6,6 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import { freePort, startPrivateMariaDb } from "../test/faults/helpers/private-mariadb.js";
+import { productionNodeFlags } from "./node-flags.js";
 import { rateLimitsOff, seedTenant } from "./seed.js";
 
 /**
@@ -61,7 +62,7 @@ try {
   const { tenantId, secret } = await seedTenant(databaseUrl, "capacity");
   const dbPid = Number(readFileSync(join(db.dir, "mysqld.pid"), "utf8").trim());
   const port = await freePort();
-  service = spawn(process.execPath, ["--enable-source-maps", "--max-semi-space-size=4", "dist/src/main.js"], {
+  service = spawn(process.execPath, [...productionNodeFlags(), "dist/src/main.js"], {
     cwd: root,
     env: {
       ...process.env,

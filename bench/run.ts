@@ -1,7 +1,6 @@
 import { execFileSync, fork, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -16,6 +15,7 @@ import { rateLimitsOff, seedTenant } from "./seed.js";
 import { runScale } from "./scale.js";
 import { benchIssuer, runEvents } from "./events.js";
 import { runCluster } from "./cluster.js";
+import { productionNodeFlags } from "./node-flags.js";
 
 /**
  * `npm run bench`: every row of the performance table, the real service against a bare baseline
@@ -66,14 +66,6 @@ export interface Service {
   url: string;
   child: ChildProcess;
   rss(): Promise<number>;
-}
-
-/** The node flags `npm start` runs the service with (package.json is where they are decided). */
-function productionNodeFlags(): string[] {
-  const start = (JSON.parse(readFileSync(`${root}/package.json`, "utf8")) as { scripts: { start: string } }).scripts.start;
-  const flags = /exec node (.*?) ?dist\/src\/main\.js/.exec(start)?.[1];
-  if (flags === undefined) throw new Error("package.json's start script no longer runs `exec node … dist/src/main.js`");
-  return flags.split(" ").filter(Boolean);
 }
 
 /**
