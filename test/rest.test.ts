@@ -270,6 +270,15 @@ describe("registerRest", () => {
     });
   });
 
+  it.each(["application/json; charset=utf-8", 'application/json;charset="UTF-8"', "application/json; charset=utf8", "application/json; foo=bar"])(
+    "reads a body sent as %s",
+    async (contentType) => {
+      const res = await app.inject({ method: "POST", url: "/v1/sessions", payload: '{"user_id":"u"}', headers: { "content-type": contentType } });
+      expect(res.statusCode).toBe(201);
+      expect(lastCall("createSession").req.userId).toBe("u");
+    },
+  );
+
   it("treats an empty JSON body as {}", async () => {
     const res = await app.inject({ method: "POST", url: "/v1/auth/token/refresh", headers: { "content-type": "application/json" } });
     expect(res.statusCode).toBe(200);
@@ -284,6 +293,8 @@ describe("registerRest", () => {
     ["malformed JSON", { payload: '{"user_id":', headers: { "content-type": "application/json" } }, 400, "invalid_request"],
     ["an oversized body", { payload: { user_id: "u".repeat(300) } }, 413, "payload_too_large"],
     ["a non-JSON content type", { payload: "user_id=u", headers: { "content-type": "text/plain" } }, 415, "unsupported_media_type"],
+    ["JSON in another charset", { payload: '{"user_id":"u"}', headers: { "content-type": "application/json; charset=iso-8859-1" } }, 415, "unsupported_media_type"],
+    ["JSON in another charset, quoted", { payload: '{"user_id":"u"}', headers: { "content-type": 'application/json; charset="utf-16"' } }, 415, "unsupported_media_type"],
     ["a query parameter on a body-* route", { payload: {}, url: "/v1/sessions?user_id=u" }, 400, "invalid_request", "user_id"],
   ])("rejects %s", async (_name, { url = "/v1/sessions", ...rest }, status, code, field) => {
     expectError(await app.inject({ method: "POST", url, ...rest }), status, code, field);

@@ -19,7 +19,7 @@ import { http_success_code, implied_over_rest_without } from "../../gen/sessions
 import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
 import { callInfoOf, type PipelineMethod } from "./pipeline.js";
-import { parseStrictJson } from "./strict-json.js";
+import { declaresUtf8, parseStrictJson } from "./strict-json.js";
 import { type RestParams, fromRestJson, fromRestParams, restJsonEncoder } from "./rest-json.js";
 
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
@@ -110,6 +110,9 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
       const encoding = request.headers["content-encoding"];
       if (encoding !== undefined && encoding !== "identity") {
         return done(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
+      }
+      if (!declaresUtf8(request.headers["content-type"])) {
+        return done(new AppError("unsupported_media_type", "JSON bodies are UTF-8; send charset=utf-8 or no charset"));
       }
       if (body.length === 0) return done(null, {}); // an empty body is an empty request message
       try {

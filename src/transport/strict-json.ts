@@ -4,6 +4,21 @@ import { isFieldLike, isFieldPath } from "./field-names.js";
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
+ * Whether a Content-Type asks for nothing but UTF-8: JSON is UTF-8 (RFC 8259), and a charset
+ * parameter naming another encoding asks for a reading the service does not do. No charset, or
+ * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8.
+ */
+export function declaresUtf8(contentType: string | undefined): boolean {
+  for (const param of (contentType ?? "").split(";").slice(1)) {
+    const eq = param.indexOf("=");
+    if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== "charset") continue;
+    const value = param.slice(eq + 1).trim().replace(/^"(.*)"$/, "$1").toLowerCase();
+    if (value !== "utf-8" && value !== "utf8") return false;
+  }
+  return true;
+}
+
+/**
  * Reads a JSON request body strictly: the bytes must be UTF-8 (no silent U+FFFD for bad bytes), no
  * string may escape a lone surrogate (`"\udc00"`: a protobuf string is UTF-8, which cannot hold one,
  * and binary protobuf refuses it too), and no object may name a key twice, at any depth (JSON.parse
