@@ -38,6 +38,33 @@ describe("in-process server", () => {
   const post = (path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
+  it("refuses a body over HTTP/2 without an HTTP/1 Connection header (Node warns on stderr, outside the JSON log)", async () => {
+    // Fastify marks every body its parser refuses "connection: close", a header HTTP/2 forbids. Node
+    // warns once per process, so this is the first HTTP/2 body refusal in this file.
+    const warnings = vi.spyOn(process, "emitWarning");
+    const session = http2.connect(server.url);
+    session.on("error", () => undefined);
+    try {
+      for (const [contentType, body, status] of [
+        ["application/json; charset=latin1", '{"user_id":"u"}', 415],
+        ["application/json", '{"user_id":', 400],
+      ] as const) {
+        const stream = session.request({ ":method": "POST", ":path": "/v1/sessions", "content-type": contentType, ...server.tenant.headers });
+        stream.on("error", () => undefined);
+        const response = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.on("response", resolve));
+        stream.end(body);
+        const headers = await response;
+        stream.resume();
+        await new Promise((resolve) => stream.on("close", resolve));
+        expect(headers[":status"]).toBe(status);
+      }
+      expect(warnings.mock.calls.map(([warning]) => String(warning))).toEqual([]);
+    } finally {
+      warnings.mockRestore();
+      session.close();
+    }
+  });
+
   async function createSession(userId = "u") {
     const res = await post("/v1/sessions", JSON.stringify({ user_id: userId }));
     expect(res.status).toBe(201);

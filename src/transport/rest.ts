@@ -337,6 +337,9 @@ function pathPattern(url: string): RegExp {
 
 /** For app.setErrorHandler: fastify's own failures (body parsing, limits) and anything a route throws. */
 export function restErrorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  // Fastify marks a body its parser refused "connection: close"; HTTP/2 has no such header (Node
+  // would drop it and print a warning outside the JSON log).
+  if (request.raw.httpVersionMajor >= 2) reply.removeHeader("connection");
   return sendError(request, reply, fromFastify(error));
 }
 

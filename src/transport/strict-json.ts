@@ -6,16 +6,41 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 /**
  * Whether a Content-Type asks for nothing but UTF-8: JSON is UTF-8 (RFC 8259), and a charset
  * parameter naming another encoding asks for a reading the service does not do. No charset, or
- * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8.
+ * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8; a `charset` without a value, or
+ * a quote left open, is not. Parameters are read as RFC 9110 writes them: a `;` or `charset=` inside a quoted value is
+ * part of that value.
  */
 export function declaresUtf8(contentType: string | undefined): boolean {
-  for (const param of (contentType ?? "").split(";").slice(1)) {
-    const eq = param.indexOf("=");
-    if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== "charset") continue;
-    const value = param.slice(eq + 1).trim().replace(/^"(.*)"$/, "$1").toLowerCase();
-    if (value !== "utf-8" && value !== "utf8") return false;
+  const header = contentType ?? "";
+  let i = header.indexOf(";");
+  while (i >= 0 && i < header.length) {
+    i++; // past the ";"
+    const nameEnd = indexOfAny(header, "=;", i);
+    const name = header.slice(i, nameEnd).trim().toLowerCase();
+    let value = "";
+    i = nameEnd;
+    if (header[i] === "=") {
+      i++;
+      while (header[i] === " " || header[i] === "\t") i++;
+      if (header[i] === '"') {
+        for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? (header[++i] ?? "") : header[i];
+        if (i >= header.length) return false; // an unterminated quote: where the value ends is a guess
+        i = indexOfAny(header, ";", i + 1);
+      } else {
+        const end = indexOfAny(header, ";", i);
+        value = header.slice(i, end).trim();
+        i = end;
+      }
+    }
+    if (name === "charset" && !["utf-8", "utf8"].includes(value.toLowerCase())) return false;
   }
   return true;
+}
+
+/** The first index at or after `from` of any of `chars`, or the length. */
+function indexOfAny(text: string, chars: string, from: number): number {
+  for (let i = from; i < text.length; i++) if (chars.includes(text[i] as string)) return i;
+  return text.length;
 }
 
 /**
