@@ -38,6 +38,30 @@ describe("in-process server", () => {
   const post = (path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
+  it("reads every Content-Type line of a request for its charset, not only the first (a second one naming latin1 is 415)", async () => {
+    const send = async (contentTypes: string[], userId: string) => {
+      const body = JSON.stringify({ user_id: userId });
+      const headers = [...Object.entries(server.tenant.headers), ...contentTypes.map((v) => ["content-type", v]), ["content-length", String(body.length)], ["connection", "close"]];
+      const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+      try {
+        const response = await new Promise<string>((resolve, reject) => {
+          let received = "";
+          socket.on("error", reject);
+          socket.on("data", (chunk) => (received += chunk.toString()));
+          socket.on("end", () => resolve(received));
+          socket.write(`POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n${body}`);
+        });
+        return /^HTTP\/1\.1 (\d{3}) /.exec(response)?.[1];
+      } finally {
+        socket.destroy();
+      }
+    };
+    expect(await send(["application/json", "application/json; charset=latin1"], "usr_two_types")).toBe("415");
+    expect(await send(["application/json", "application/json"], "usr_same_type_twice")).toBe("201");
+    const listed = await fetch(`${server.url}/v1/sessions?user_id=usr_two_types`, { headers: server.tenant.headers });
+    expect(((await listed.json()) as { data: unknown[] }).data).toEqual([]);
+  });
+
   it("refuses a body over HTTP/2 without an HTTP/1 Connection header (Node warns on stderr, outside the JSON log)", async () => {
     // Fastify marks every body its parser refuses "connection: close", a header HTTP/2 forbids. Node
     // warns once per process, so this is the first HTTP/2 body refusal in this file.

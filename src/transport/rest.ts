@@ -18,7 +18,7 @@ import { http } from "../../gen/google/api/annotations_pb.js";
 import { http_success_code, implied_over_rest_without } from "../../gen/sessions/v1/options_pb.js";
 import { AppError, type ErrorCode } from "../domain/errors.js";
 import { errorTable, toPublicError } from "./error-codes.js";
-import { callInfoOf, type PipelineMethod } from "./pipeline.js";
+import { callInfoOf, requestHeader, type PipelineMethod } from "./pipeline.js";
 import { declaresUtf8, parseStrictJson } from "./strict-json.js";
 import { type RestParams, fromRestJson, fromRestParams, restJsonEncoder } from "./rest-json.js";
 
@@ -111,7 +111,8 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
       if (encoding !== undefined && encoding !== "identity") {
         return done(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
       }
-      if (!declaresUtf8(request.headers["content-type"])) {
+      // Every Content-Type line: fastify chose the parser by the first, and a second may name a charset.
+      if (!declaresUtf8(requestHeader(request.raw, "content-type") ?? undefined)) {
         return done(new AppError("unsupported_media_type", "JSON bodies are UTF-8; send charset=utf-8 or no charset"));
       }
       if (body.length === 0) return done(null, {}); // an empty body is an empty request message

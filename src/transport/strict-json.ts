@@ -6,17 +6,22 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 /**
  * Whether a Content-Type asks for nothing but UTF-8: JSON is UTF-8 (RFC 8259), and a charset
  * parameter naming another encoding asks for a reading the service does not do. No charset, or
- * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8; a `charset` without a value, or
- * a quote left open, is not. Parameters are read as RFC 9110 writes them: a `;` or `charset=` inside a quoted value is
- * part of that value.
+ * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8; a `charset` without a value,
+ * or a quote left open, is not. Parameters are read as RFC 9110 writes them: a `;` or `charset=`
+ * inside a quoted value is part of that value. Several Content-Type lines, joined with ", ", are
+ * each read.
  */
 export function declaresUtf8(contentType: string | undefined): boolean {
   const header = contentType ?? "";
-  let i = header.indexOf(";");
-  while (i >= 0 && i < header.length) {
-    i++; // past the ";"
-    const nameEnd = indexOfAny(header, "=;", i);
-    const name = header.slice(i, nameEnd).trim().toLowerCase();
+  // At a ";" (a parameter follows) or a "," (another Content-Type line, joined: its type follows).
+  let i = indexOfAny(header, ";,", 0);
+  while (i < header.length) {
+    if (header[i] === ",") {
+      i = indexOfAny(header, ";,", i + 1);
+      continue;
+    }
+    const nameEnd = indexOfAny(header, "=;,", i + 1);
+    const name = header.slice(i + 1, nameEnd).trim().toLowerCase();
     let value = "";
     i = nameEnd;
     if (header[i] === "=") {
@@ -25,9 +30,9 @@ export function declaresUtf8(contentType: string | undefined): boolean {
       if (header[i] === '"') {
         for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? (header[++i] ?? "") : header[i];
         if (i >= header.length) return false; // an unterminated quote: where the value ends is a guess
-        i = indexOfAny(header, ";", i + 1);
+        i = indexOfAny(header, ";,", i + 1);
       } else {
-        const end = indexOfAny(header, ";", i);
+        const end = indexOfAny(header, ";,", i);
         value = header.slice(i, end).trim();
         i = end;
       }

@@ -18,6 +18,9 @@ describe("declaresUtf8", () => {
     'application/json; x="; charset=utf-8"',
     'application/json; a="x;charset=latin1"; charset=utf-8',
     'application/json; a="quote \\" and ; charset=latin1"; charset="utf-8"',
+    "application/json, application/json",
+    "application/json; charset=utf-8, application/json; charset=UTF-8",
+    'application/json; a="x, charset=latin1", application/json',
   ])("reads %s as UTF-8", (contentType) => {
     expect(declaresUtf8(contentType)).toBe(true);
   });
@@ -35,6 +38,8 @@ describe("declaresUtf8", () => {
     'application/json; charset="utf-8;"',
     "application/json; charset='utf-8'",
     "application/json; a=\"unterminated; charset=utf-8",
+    "application/json, application/json; charset=latin1",
+    "application/json; charset=latin1, application/json",
   ])("refuses %s", (contentType) => {
     expect(declaresUtf8(contentType)).toBe(false);
   });
