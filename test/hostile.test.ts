@@ -42,6 +42,8 @@ describe("in-process server", () => {
     const send = async (contentTypes: string[], userId: string) => {
       const body = JSON.stringify({ user_id: userId });
       const headers = [...Object.entries(server.tenant.headers), ...contentTypes.map((v) => ["content-type", v]), ["content-length", String(body.length)], ["connection", "close"]];
+      // Not safety.test.ts's rawHttp: that one half-closes after writing, and a request whose client
+      // has closed its side is answered by nobody (the create is left out as gone).
       const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
       try {
         const response = await new Promise<string>((resolve, reject) => {
