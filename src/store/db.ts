@@ -85,7 +85,8 @@ export async function openDatabase({ url, poolSize }: DatabaseOptions): Promise<
     throw new Error("DATABASE_URL must name a database of letters, digits, _ or $");
   }
   const common = {
-    host: parsed.hostname,
+    // An IPv6 literal is bracketed in a URL ([::1]) and bare in a socket address.
+    host: parsed.hostname.replace(/^\[(.*)\]$/, "$1"),
     port: parsed.port ? Number(parsed.port) : 3306,
     user: decodeURIComponent(parsed.username || "root"),
     password: decodeURIComponent(parsed.password),
