@@ -318,6 +318,21 @@ describe("registerRest", () => {
     expect(lastCall("revokeSession").req.id).toBe("ses_1");
   });
 
+  it.each(["text/plain", "application/x-www-form-urlencoded", "application/octet-stream"])(
+    "runs a DELETE without a body whatever Content-Type it names (%s); a POST body of that type is 415",
+    async (contentType) => {
+      for (const headers of [{ "content-type": contentType }, { "content-type": contentType, "content-length": "0" }]) {
+        const res = await app.inject({ method: "DELETE", url: "/v1/sessions/ses_1", headers });
+        expect(res.statusCode).toBe(204);
+        expect(lastCall("revokeSession").req.id).toBe("ses_1");
+      }
+      calls.length = 0;
+      expectError(await app.inject({ method: "POST", url: "/v1/sessions", headers: { "content-type": contentType }, payload: "user_id=u" }), 415, "unsupported_media_type");
+      expectError(await app.inject({ method: "DELETE", url: "/v1/sessions/ses_1", headers: { "content-type": contentType }, payload: "x" }), 400, "invalid_request");
+      expect(calls).toHaveLength(0);
+    },
+  );
+
   it("binds DELETE query parameters", async () => {
     const res = await app.inject({ method: "DELETE", url: "/v1/sessions?user_id=usr_1&except_session_id=ses_1" });
     expect(res.statusCode).toBe(200);

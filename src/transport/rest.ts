@@ -122,6 +122,13 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
         done(err as Error);
       }
     });
+    // Any other media type. GET, HEAD and DELETE get here only without a body (refuseUnmeant), and a
+    // Content-Type without content describes nothing: HTTP libraries that send one on every request
+    // (a form type by default, say) must still be able to revoke.
+    scope.addContentTypeParser("*", (request, _payload, done) => {
+      if (bodylessMethods.has(request.method)) return done(null, {});
+      done(new AppError("unsupported_media_type", "unsupported content type; send application/json"));
+    });
     for (const route of routes) {
       if (route.method.methodKind !== "unary") continue;
       scope.route({
