@@ -38,30 +38,78 @@ describe("in-process server", () => {
   const post = (path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
-  it("reads every Content-Type line of a request for its charset, not only the first (a second one naming latin1 is 415)", async () => {
-    const send = async (contentTypes: string[], userId: string) => {
+  /**
+   * The status line of one raw HTTP/1.1 exchange. Not safety.test.ts's rawHttp: that one half-closes
+   * after writing, and a request whose client has closed its side is answered by nobody (a create is
+   * left out as gone).
+   */
+  const exchange = async (request: string): Promise<string | undefined> => {
+    const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+    try {
+      const response = await new Promise<string>((resolve, reject) => {
+        let received = "";
+        socket.on("error", reject);
+        socket.on("data", (chunk) => (received += chunk.toString()));
+        socket.on("end", () => resolve(received));
+        socket.write(request);
+      });
+      return /^HTTP\/1\.1 (\d{3}) /.exec(response)?.[1];
+    } finally {
+      socket.destroy();
+    }
+  };
+  const headerLines = (headers: [string, string][]) => headers.map(([k, v]) => `${k}: ${v}\r\n`).join("");
+
+  it("reads every Content-Type line of a request, not only the first (a second one naming another type or charset is 415)", async () => {
+    const send = (contentTypes: string[], userId: string) => {
       const body = JSON.stringify({ user_id: userId });
-      const headers = [...Object.entries(server.tenant.headers), ...contentTypes.map((v) => ["content-type", v]), ["content-length", String(body.length)], ["connection", "close"]];
-      // Not safety.test.ts's rawHttp: that one half-closes after writing, and a request whose client
-      // has closed its side is answered by nobody (the create is left out as gone).
-      const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
-      try {
-        const response = await new Promise<string>((resolve, reject) => {
-          let received = "";
-          socket.on("error", reject);
-          socket.on("data", (chunk) => (received += chunk.toString()));
-          socket.on("end", () => resolve(received));
-          socket.write(`POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n${body}`);
-        });
-        return /^HTTP\/1\.1 (\d{3}) /.exec(response)?.[1];
-      } finally {
-        socket.destroy();
-      }
+      const headers: [string, string][] = [...Object.entries(server.tenant.headers), ...contentTypes.map((v): [string, string] => ["content-type", v]), ["content-length", String(body.length)], ["connection", "close"]];
+      return exchange(`POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headerLines(headers)}\r\n${body}`);
     };
     expect(await send(["application/json", "application/json; charset=latin1"], "usr_two_types")).toBe("415");
+    expect(await send(["application/json", "text/plain"], "usr_json_then_text")).toBe("415");
+    expect(await send(["application/json; charset=utf-8, text/plain"], "usr_json_folded_text")).toBe("415");
     expect(await send(["application/json", "application/json"], "usr_same_type_twice")).toBe("201");
-    const listed = await fetch(`${server.url}/v1/sessions?user_id=usr_two_types`, { headers: server.tenant.headers });
-    expect(((await listed.json()) as { data: unknown[] }).data).toEqual([]);
+    for (const userId of ["usr_two_types", "usr_json_then_text", "usr_json_folded_text"]) {
+      const listed = await fetch(`${server.url}/v1/sessions?user_id=${userId}`, { headers: server.tenant.headers });
+      expect(((await listed.json()) as { data: unknown[] }).data).toEqual([]);
+    }
+  });
+
+  it("runs a DELETE without a body whatever Content-Type it names and however it says it has none", async () => {
+    const sessionOf = async (userId: string) => ((await (await post("/v1/sessions", JSON.stringify({ user_id: userId }))).json()) as Json).session.id as string;
+    const statusOf = async (id: string) => ((await (await fetch(`${server.url}/v1/sessions/${id}`, { headers: server.tenant.headers })).json()) as Json).status;
+    const cases: [contentType: string | null, framing: [string, string][], body: string][] = [
+      // An empty chunked body: read to its end to learn it is empty, so it must not be read again.
+      ["application/json", [["transfer-encoding", "chunked"]], "0\r\n\r\n"],
+      ["text/plain", [], ""],
+      ["application/x-www-form-urlencoded", [["content-length", "0"]], ""],
+      ["(((", [], ""],
+      ["application/json; charset=iso-8859-1", [], ""],
+      ["text/plain", [["transfer-encoding", "chunked"]], "0\r\n\r\n"],
+      [null, [["transfer-encoding", "chunked"]], "0\r\n\r\n"],
+    ];
+    for (const [contentType, framing, body] of cases) {
+      const id = await sessionOf("usr_delete_types");
+      const headers: [string, string][] = [...Object.entries(server.tenant.headers), ...(contentType === null ? [] : [["content-type", contentType] as [string, string]]), ...framing, ["connection", "close"]];
+      expect([contentType, await exchange(`DELETE /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${headerLines(headers)}\r\n${body}`)]).toEqual([contentType, "204"]);
+      expect(await statusOf(id)).toBe("revoked");
+    }
+    // HTTP/2: a JSON Content-Type and one empty DATA frame.
+    const id = await sessionOf("usr_delete_types");
+    const session = http2.connect(server.url);
+    session.on("error", () => undefined);
+    try {
+      const stream = session.request({ ":method": "DELETE", ":path": `/v1/sessions/${id}`, "content-type": "application/json", ...server.tenant.headers });
+      stream.on("error", () => undefined);
+      const response = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.on("response", resolve));
+      stream.end();
+      expect((await response)[":status"]).toBe(204);
+      stream.resume();
+    } finally {
+      session.close();
+    }
+    expect(await statusOf(id)).toBe("revoked");
   });
 
   it("refuses a body over HTTP/2 without an HTTP/1 Connection header (Node warns on stderr, outside the JSON log)", async () => {

@@ -4,43 +4,53 @@ import { isFieldLike, isFieldPath } from "./field-names.js";
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
- * Whether a Content-Type asks for nothing but UTF-8: JSON is UTF-8 (RFC 8259), and a charset
- * parameter naming another encoding asks for a reading the service does not do. No charset, or
- * `charset=utf-8` in any case, quoted or not (`utf8` too), is UTF-8; a `charset` without a value,
- * or a quote left open, is not. Parameters are read as RFC 9110 writes them: a `;` or `charset=`
- * inside a quoted value is part of that value. Several Content-Type lines, joined with ", ", are
- * each read.
+ * Whether a Content-Type names UTF-8 JSON and nothing else. Each of its lines (several are joined
+ * with ", ") must be `application/json`, and no charset parameter may name another encoding: JSON
+ * is UTF-8 (RFC 8259), and reading it as UTF-8 when the client says otherwise reads something the
+ * client did not send. No charset, or `charset=utf-8` in any case, quoted or not (`utf8` too), is
+ * UTF-8. Parameters are read as RFC 9110 writes them: a `;`, `,` or `charset=` inside a quoted
+ * value is part of that value. What cannot be read for certain is refused: a `charset` without a
+ * value, a quote left open, text after a closing quote, a bare value that is not a token
+ * (`foo=bar charset=latin1`), and `charset*` (RFC 8187's spelling of a charset).
  */
-export function declaresUtf8(contentType: string | undefined): boolean {
-  const header = contentType ?? "";
-  // At a ";" (a parameter follows) or a "," (another Content-Type line, joined: its type follows).
-  let i = indexOfAny(header, ";,", 0);
-  while (i < header.length) {
-    if (header[i] === ",") {
-      i = indexOfAny(header, ";,", i + 1);
-      continue;
-    }
-    const nameEnd = indexOfAny(header, "=;,", i + 1);
-    const name = header.slice(i + 1, nameEnd).trim().toLowerCase();
-    let value = "";
-    i = nameEnd;
-    if (header[i] === "=") {
+export function isUtf8Json(header: string): boolean {
+  for (let i = 0; ; i++) {
+    // A line's media type, up to its first parameter or the next line.
+    const typeEnd = indexOfAny(header, ";,", i);
+    if (header.slice(i, typeEnd).trim().toLowerCase() !== "application/json") return false;
+    i = typeEnd;
+    while (header[i] === ";") {
+      const nameEnd = indexOfAny(header, "=;,", i + 1);
+      const name = header.slice(i + 1, nameEnd).trim().toLowerCase();
+      i = nameEnd;
+      if (name === "charset*") return false;
+      if (header[i] !== "=") {
+        if (name === "charset") return false;
+        continue;
+      }
       i++;
       while (header[i] === " " || header[i] === "\t") i++;
+      let value = "";
       if (header[i] === '"') {
         for (i++; i < header.length && header[i] !== '"'; i++) value += header[i] === "\\" ? (header[++i] ?? "") : header[i];
         if (i >= header.length) return false; // an unterminated quote: where the value ends is a guess
-        i = indexOfAny(header, ";,", i + 1);
+        for (i++; header[i] === " " || header[i] === "\t"; i++);
+        if (i < header.length && header[i] !== ";" && header[i] !== ",") return false;
       } else {
         const end = indexOfAny(header, ";,", i);
         value = header.slice(i, end).trim();
+        if (!tokenPattern.test(value)) return false;
         i = end;
       }
+      if (name === "charset" && !["utf-8", "utf8"].includes(value.toLowerCase())) return false;
     }
-    if (name === "charset" && !["utf-8", "utf8"].includes(value.toLowerCase())) return false;
+    if (i >= header.length) return true;
+    // header[i] is ",": another line follows.
   }
-  return true;
 }
+
+/** RFC 9110's token: a parameter value written without quotes. */
+const tokenPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** The first index at or after `from` of any of `chars`, or the length. */
 function indexOfAny(text: string, chars: string, from: number): number {

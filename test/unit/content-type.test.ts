@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { declaresUtf8 } from "../../src/transport/strict-json.js";
+import { isUtf8Json } from "../../src/transport/strict-json.js";
 
-describe("declaresUtf8", () => {
+describe("isUtf8Json", () => {
   it.each([
-    undefined,
     "application/json",
+    "Application/JSON",
+    "application/json ; charset=utf-8",
     "application/json; charset=utf-8",
     "application/json;charset=UTF-8",
     'application/json; charset="utf-8"',
@@ -21,8 +22,9 @@ describe("declaresUtf8", () => {
     "application/json, application/json",
     "application/json; charset=utf-8, application/json; charset=UTF-8",
     'application/json; a="x, charset=latin1", application/json',
-  ])("reads %s as UTF-8", (contentType) => {
-    expect(declaresUtf8(contentType)).toBe(true);
+    'application/json; charset="utf-8" ; a=b',
+  ])("reads %s as UTF-8 JSON", (contentType) => {
+    expect(isUtf8Json(contentType)).toBe(true);
   });
 
   it.each([
@@ -40,7 +42,22 @@ describe("declaresUtf8", () => {
     "application/json; a=\"unterminated; charset=utf-8",
     "application/json, application/json; charset=latin1",
     "application/json; charset=latin1, application/json",
+    // Another media type on any line (a second Content-Type line, or one folded with a comma).
+    "",
+    "text/plain",
+    "application/jsonx",
+    "application/json-seq",
+    "application/json, text/plain",
+    "application/json; charset=utf-8, text/plain",
+    "text/plain, application/json",
+    "application/json, ",
+    // Parameters that cannot be read for certain.
+    'application/json; charset="utf-8"x',
+    "application/json; foo=bar charset=latin1",
+    "application/json; foo=",
+    "application/json; charset*=iso-8859-1''",
+    "application/json; CHARSET*=utf-8''",
   ])("refuses %s", (contentType) => {
-    expect(declaresUtf8(contentType)).toBe(false);
+    expect(isUtf8Json(contentType)).toBe(false);
   });
 });
