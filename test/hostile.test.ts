@@ -39,7 +39,7 @@ describe("in-process server", () => {
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
   /**
-   * The status line of one raw HTTP/1.1 exchange. Not safety.test.ts's rawHttp: that one half-closes
+   * The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated. Not safety.test.ts's rawHttp: that one half-closes
    * after writing, and a request whose client has closed its side is answered by nobody (a create is
    * left out as gone).
    */
@@ -53,7 +53,7 @@ describe("in-process server", () => {
         socket.on("end", () => resolve(received));
         socket.write(request);
       });
-      return /^HTTP\/1\.1 (\d{3}) /.exec(response)?.[1];
+      return [...response.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]).join(" ") || undefined;
     } finally {
       socket.destroy();
     }
@@ -74,6 +74,18 @@ describe("in-process server", () => {
       const listed = await fetch(`${server.url}/v1/sessions?user_id=${userId}`, { headers: server.tenant.headers });
       expect(((await listed.json()) as { data: unknown[] }).data).toEqual([]);
     }
+  });
+
+  it("answers the pipelined requests behind a body it refused having read it (415, 400), instead of closing on them", async () => {
+    const created = (await (await post("/v1/sessions", JSON.stringify({ user_id: "usr_pipelined" }))).json()) as Json;
+    const id = created.session.id as string;
+    const auth = headerLines(Object.entries(server.tenant.headers));
+    const refused = (contentType: string, body: string) =>
+      `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${auth}content-type: ${contentType}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    const revoke = `DELETE /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${auth}connection: close\r\n\r\n`;
+    expect(await exchange(refused("application/json; charset=iso-8859-1", '{"user_id":"usr_pipelined"}') + refused("application/json", '{"user_id":') + revoke)).toBe("415 400 204");
+    const got = (await (await fetch(`${server.url}/v1/sessions/${id}`, { headers: server.tenant.headers })).json()) as Json;
+    expect(got.status).toBe("revoked");
   });
 
   it("runs a DELETE without a body whatever Content-Type it names and however it says it has none", async () => {

@@ -106,21 +106,24 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
     // Bodies only reach fromRestJson, which copies known fields only; parseStrictJson refuses bytes
     // that are not UTF-8 and keys given twice.
     scope.addContentTypeParser<Buffer>("application/json", { parseAs: "buffer" }, (request, body, done) => {
+      // Called with the whole body read: a refusal here leaves the connection able to answer the
+      // requests behind this one (restErrorHandler), where fastify would close it unanswered.
+      const refuse = (err: Error) => done(Object.assign(err, { [wholeBodyRead]: true }));
       // Fastify does not decompress, and a compressed body must not dodge the size limit unread.
       const encoding = request.headers["content-encoding"];
       if (encoding !== undefined && encoding !== "identity") {
-        return done(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
+        return refuse(new AppError("unsupported_media_type", "Content-Encoding is not supported; send plain JSON"));
       }
       // Every Content-Type line: fastify chose the parser by the first, and a second may name
       // another type or charset.
       if (!isUtf8Json(requestHeader(request.raw, "content-type") ?? "")) {
-        return done(new AppError("unsupported_media_type", "send one Content-Type, application/json, in UTF-8: charset=utf-8 or no charset"));
+        return refuse(new AppError("unsupported_media_type", "send one Content-Type, application/json, in UTF-8: charset=utf-8 or no charset"));
       }
       if (body.length === 0) return done(null, {}); // an empty body is an empty request message
       try {
         done(null, parseStrictJson(body));
       } catch (err) {
-        done(err as Error);
+        refuse(err as Error);
       }
     });
     for (const route of routes) {
@@ -133,6 +136,9 @@ export function registerRest(app: FastifyInstance, opts: { service: DescService;
     }
   });
 }
+
+/** Marks an error of the JSON body parser, which refuses only what it has read to the end. */
+const wholeBodyRead = Symbol("whole body read");
 
 /** Methods whose requests never carry a body here (every REST route with a body is POST). */
 const bodylessMethods = new Set(["GET", "HEAD", "DELETE"]);
@@ -343,9 +349,10 @@ function pathPattern(url: string): RegExp {
 
 /** For app.setErrorHandler: fastify's own failures (body parsing, limits) and anything a route throws. */
 export function restErrorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  // Fastify marks a body its parser refused "connection: close"; HTTP/2 has no such header (Node
-  // would drop it and print a warning outside the JSON log).
-  if (request.raw.httpVersionMajor >= 2) reply.removeHeader("connection");
+  // Fastify marks a body its parser refused "connection: close", lest the client go on sending it.
+  // HTTP/2 has no such header (Node would drop it and print a warning outside the JSON log); and a
+  // body read to its end needs no close: pipelined requests behind it would be run and not answered.
+  if (request.raw.httpVersionMajor >= 2 || (error as { [wholeBodyRead]?: boolean })[wholeBodyRead] === true) reply.removeHeader("connection");
   return sendError(request, reply, fromFastify(error));
 }
 
