@@ -96,6 +96,7 @@ describe("in-process server", () => {
       ["application/json", [["transfer-encoding", "chunked"]], "0\r\n\r\n"],
       ["text/plain", [], ""],
       ["application/x-www-form-urlencoded", [["content-length", "0"]], ""],
+      ["text/plain", [["content-length", "00"]], ""],
       ["(((", [], ""],
       ["application/json; charset=iso-8859-1", [], ""],
       ["text/plain", [["transfer-encoding", "chunked"]], "0\r\n\r\n"],

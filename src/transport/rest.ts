@@ -162,7 +162,8 @@ async function refuseUnmeant(request: FastifyRequest): Promise<void> {
 
 async function hasBody(raw: IncomingMessage | Http2ServerRequest): Promise<boolean> {
   const length = raw.headers["content-length"];
-  if (length !== undefined) return length !== "0";
+  // Node's parser has checked it is digits; "00" is zero too.
+  if (length !== undefined) return !/^0+$/.test(length);
   const isOpen = raw.headers["transfer-encoding"] !== undefined || ("stream" in raw && !raw.stream.endAfterHeaders);
   if (!isOpen) return false;
   return new Promise((resolve) => {
