@@ -1,4 +1,5 @@
 import http2 from "node:http2";
+import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startChildServer, type ChildServer } from "./helpers/child-server.js";
 
@@ -36,4 +37,32 @@ describe("shutdown with requests still receiving their body", () => {
     expect(await reset).toBeGreaterThan(0);
     session.destroy();
   });
+
+  it("drops HTTP/1.1 requests answered while their body still arrives, and headers never finished, and exits 0", async () => {
+    // Shorter than Node's own headers timeout (10 s), which would otherwise end the unfinished
+    // headers by itself: waiting for either connection ends in a kill, exit code 1.
+    const own = await startChildServer({ SHUTDOWN_TIMEOUT_MS: "5000" });
+    const sockets: net.Socket[] = [];
+    try {
+      const open = () => {
+        const socket = net.connect(Number(new URL(own.url).port), "127.0.0.1");
+        socket.on("error", () => undefined);
+        sockets.push(socket);
+        return socket;
+      };
+      // A body on a DELETE and a body of another type are refused at once, with most of the body still to come.
+      for (const head of ["DELETE /v1/sessions/ses_01HZZZZZZZZZZZZZZZZZZZZZZZ HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n", "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"]) {
+        const socket = open();
+        const answered = new Promise<string>((resolve) => socket.once("data", (chunk) => resolve(chunk.toString())));
+        socket.write(`${head}{"a"`);
+        expect(await answered).toMatch(/^HTTP\/1\.1 (400|415) /);
+      }
+      // Headers begun and never finished (the server may or may not have read them yet: both must end).
+      open().write("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+      expect(await own.terminate()).toBe(0);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await own.stop();
+    }
+  }, 90_000);
 });

@@ -120,8 +120,10 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     };
     const done = () => pending.delete(entry);
     pending.add(entry);
+    // Until the body has arrived, not until the answer: a request refused at once (a body on a
+    // DELETE, a wrong type) may still be receiving one, and must not hold the shutdown either.
     req.once("end", done);
-    res.once("close", done);
+    req.once("close", done);
     if (pending.size > maxPendingRequests) pending.values().next().value?.();
   };
 
@@ -159,7 +161,10 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     h1.on("request", (_req, res) => {
       inFlight.add(res);
       if (closing) res.shouldKeepAlive = false;
-      res.once("close", () => inFlight.delete(res));
+      res.once("close", () => {
+        inFlight.delete(res);
+        if (closing) closeWhenAnswered();
+      });
       res.once("finish", () => closing && h1.closeIdleConnections());
     });
 
@@ -274,6 +279,15 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     return server as unknown as http.Server;
   };
 
+  /**
+   * Once closing and every HTTP/1.1 response is sent, what connections remain hold no work: a
+   * request whose headers never finished, or a keep-alive socket. Each would otherwise hold the
+   * shutdown to its timeout.
+   */
+  const closeWhenAnswered = () => {
+    if (inFlight.size === 0) for (const h1 of h1Servers) h1.closeAllConnections();
+  };
+
   return {
     serverFactory,
     closeConnections() {
@@ -284,6 +298,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       for (const drop of [...pending]) drop();
       for (const socket of undecided) socket.destroy();
       for (const h1 of h1Servers) h1.closeIdleConnections();
+      closeWhenAnswered();
       for (const session of sessions) session.close();
     },
   };
