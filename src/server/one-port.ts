@@ -2,6 +2,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { FastifyServerFactory } from "fastify";
+import { isZeroLength } from "../transport/rest.js";
 
 /**
  * Limits for the inner servers. Fastify's own timeout options (keepAliveTimeout, requestTimeout,
@@ -147,7 +148,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         }
         // Only a request whose body is still to come is tracked; dropping it closes the connection.
         const length = req.headers["content-length"];
-        const hasBody = (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
+        const hasBody = (length !== undefined && !isZeroLength(length)) || req.headers["transfer-encoding"] !== undefined;
         if (hasBody) track(req, res, () => req.socket.destroy());
         handler(req, res);
       },

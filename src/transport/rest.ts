@@ -160,10 +160,14 @@ async function refuseUnmeant(request: FastifyRequest): Promise<void> {
   }
 }
 
+/** Whether a Content-Length (digits: Node's parser has checked) says no body; "00" is zero too. */
+export function isZeroLength(length: string): boolean {
+  return /^0+$/.test(length);
+}
+
 async function hasBody(raw: IncomingMessage | Http2ServerRequest): Promise<boolean> {
   const length = raw.headers["content-length"];
-  // Node's parser has checked it is digits; "00" is zero too.
-  if (length !== undefined) return !/^0+$/.test(length);
+  if (length !== undefined) return !isZeroLength(length);
   const isOpen = raw.headers["transfer-encoding"] !== undefined || ("stream" in raw && !raw.stream.endAfterHeaders);
   if (!isOpen) return false;
   return new Promise((resolve) => {
