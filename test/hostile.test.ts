@@ -164,28 +164,13 @@ describe("in-process server", () => {
       ["POST", "/v1/sessions/verify", JSON.stringify({ token })],
       ["GET", `/v1/sessions/${session.id}`, ""],
       ["POST", "/v1/sessions/verify", JSON.stringify({ token })],
-    ].map(([method, path, body]) => {
-      const headers = Object.entries({ ...server.tenant.headers, "content-type": "application/json", "content-length": String(Buffer.byteLength(body!)) });
-      return `${method} ${path} HTTP/1.1\r\nHost: localhost\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n${body}`;
+    ].map(([method, path, body], i, all) => {
+      // The last one closes the connection, so that the exchange ends once all three are answered.
+      const headers: [string, string][] = [...Object.entries({ ...server.tenant.headers, "content-type": "application/json", "content-length": String(Buffer.byteLength(body!)) }), ...(i === all.length - 1 ? [["connection", "close"] as [string, string]] : [])];
+      return `${method} ${path} HTTP/1.1\r\nHost: localhost\r\n${headerLines(headers)}\r\n${body}`;
     });
-    const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
-    try {
-      const statuses = await new Promise<string[]>((resolve, reject) => {
-        let received = "";
-        socket.on("error", reject);
-        socket.on("data", (chunk) => {
-          received += chunk.toString();
-          // A response's status line follows the previous body directly.
-          const found = [...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1] as string);
-          if (found.length === requests.length) resolve(found);
-        });
-        // All three in one write: the second and third wait while the first is answered.
-        socket.write(requests.join(""));
-      });
-      expect(statuses).toEqual(["200", "200", "200"]);
-    } finally {
-      socket.destroy();
-    }
+    // All three in one write: the second and third wait while the first is answered.
+    expect(await exchange(requests.join(""))).toBe("200 200 200");
   });
 
   it("a stream reset right after it was sent never runs to the signature check or the session read", async () => {
