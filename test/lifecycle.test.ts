@@ -68,6 +68,28 @@ describe("per-tenant policy", () => {
     expect((await services.sessionService.list(tenant, { userId: "idle", status: "active", limit: 10, cursor: undefined })).sessions).toEqual([]);
   });
 
+  it("the refresh token's expiry is the idle deadline while that comes first, then the session's expiry", async () => {
+    const tenant = await tenantWith({ idleTimeoutSeconds: 3600, sessionLifetimeSeconds: 7200 });
+    const pair = await services.sessionService.create(tenant, input("idle-expiry"));
+    expect(pair.refreshTokenExpiresAt).toEqual(pair.session.idleExpiresAt);
+    expect(pair.refreshTokenExpiresAt.getTime() - clock.now().getTime()).toBe(3_600_000);
+    clock.advance(3_000_000);
+    const next = await services.sessionService.refresh(tenant, pair.refreshToken);
+    expect(next.refreshTokenExpiresAt.getTime() - clock.now().getTime()).toBe(3_600_000);
+    // A retry within grace moves the idle deadline too, and says so.
+    clock.advance(1_000);
+    const retried = await services.sessionService.refresh(tenant, pair.refreshToken);
+    expect(retried.refreshToken).toBe(next.refreshToken);
+    expect(retried.refreshTokenExpiresAt.getTime() - clock.now().getTime()).toBe(3_600_000);
+    // Past the point where the idle deadline would outrun the absolute expiry, the expiry is the answer.
+    clock.advance(3_000_000);
+    const last = await services.sessionService.refresh(tenant, next.refreshToken);
+    expect(last.refreshTokenExpiresAt).toEqual(pair.session.expiresAt);
+    // The promise holds: unused until just past it, the token is refused.
+    clock.advance(last.refreshTokenExpiresAt.getTime() - clock.now().getTime());
+    await expect(services.sessionService.refresh(tenant, last.refreshToken)).rejects.toMatchObject({ code: "refresh_token_expired" });
+  });
+
   it("verify reports session_expired for a live token of an idle session", async () => {
     const tenant = await tenantWith({ idleTimeoutSeconds: 60, accessTokenTtlSeconds: 600 });
     const pair = await services.sessionService.create(tenant, input("idle2"));

@@ -2,7 +2,7 @@ import { wholeSeconds, type Clock } from "./clock.js";
 import { decodeCursor, encodeCursor } from "./cursor.js";
 import { deviceTypeFromUserAgent } from "./device-type.js";
 import { AppError } from "./errors.js";
-import { statusOf, type DeviceType, type Session, type SessionPolicy, type SessionStatus } from "./model.js";
+import { scheduledEndOf, statusOf, type DeviceType, type Session, type SessionPolicy, type SessionStatus } from "./model.js";
 import type { PolicySource } from "./policy.js";
 import type { RefreshDecider, SessionStore } from "./ports.js";
 import { hashSecret, idPatterns, newId, newNonce, newSecret } from "./secrets.js";
@@ -70,6 +70,7 @@ export interface TokenPair {
   accessToken: string;
   refreshToken: string;
   accessTokenExpiresAt: Date;
+  /** When the refresh token stops working unless used: the session's scheduled end (scheduledEndOf). */
   refreshTokenExpiresAt: Date;
 }
 
@@ -247,7 +248,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
         await sessions.insertSession(session, { legacyHash: hashSecret(refreshToken) }, policy.maxSessionsPerUser);
       }
       const { accessToken, accessTokenExpiresAt } = await issueAccessToken(session, now, policy);
-      return { session, accessToken, refreshToken, accessTokenExpiresAt, refreshTokenExpiresAt: session.expiresAt };
+      return { session, accessToken, refreshToken, accessTokenExpiresAt, refreshTokenExpiresAt: scheduledEndOf(session).at };
     },
 
     /**
@@ -287,7 +288,7 @@ export function createSessionService({ sessions, keys, clock, cursorKey, refresh
         accessToken,
         refreshToken: result.refreshToken,
         accessTokenExpiresAt,
-        refreshTokenExpiresAt: result.session.expiresAt,
+        refreshTokenExpiresAt: scheduledEndOf(result.session).at,
         expiresInSeconds: Math.round((accessTokenExpiresAt.getTime() - now.getTime()) / 1000),
       };
     },

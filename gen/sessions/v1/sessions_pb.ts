@@ -635,7 +635,8 @@ export type CreateSessionResponse = Message<"sessions.v1.CreateSessionResponse">
   accessTokenExpiresAt?: Timestamp | undefined;
 
   /**
-   * refresh_token_expires_at is when refresh_token expires (the session's expiry).
+   * refresh_token_expires_at is when refresh_token stops working unless it is used: the session's
+   * expiry, or its idle deadline when the tenant has an idle timeout and that comes first.
    *
    * @generated from field: google.protobuf.Timestamp refresh_token_expires_at = 5;
    */
@@ -720,7 +721,8 @@ export type RefreshSessionResponse = Message<"sessions.v1.RefreshSessionResponse
   accessTokenExpiresAt?: Timestamp | undefined;
 
   /**
-   * refresh_token_expires_at is when refresh_token expires.
+   * refresh_token_expires_at is when refresh_token stops working unless it is used: the session's
+   * expiry, or its new idle deadline when the tenant has an idle timeout and that comes first.
    *
    * @generated from field: google.protobuf.Timestamp refresh_token_expires_at = 7;
    */
