@@ -39,11 +39,10 @@ describe("in-process server", () => {
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
   /**
-   * The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated. Not safety.test.ts's rawHttp: that one half-closes
-   * after writing, and a request whose client has closed its side is answered by nobody (a create is
-   * left out as gone).
+   * The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated.
+   * `halfClose`: the client ends its side once the request is written, as `nc -N` does.
    */
-  const exchange = async (request: string): Promise<string | undefined> => {
+  const exchange = async (request: string, { halfClose = false } = {}): Promise<string | undefined> => {
     const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
     try {
       const response = await new Promise<string>((resolve, reject) => {
@@ -51,7 +50,8 @@ describe("in-process server", () => {
         socket.on("error", reject);
         socket.on("data", (chunk) => (received += chunk.toString()));
         socket.on("end", () => resolve(received));
-        socket.write(request);
+        if (halfClose) socket.end(request);
+        else socket.write(request);
       });
       return [...response.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]).join(" ") || undefined;
     } finally {
@@ -59,6 +59,22 @@ describe("in-process server", () => {
     }
   };
   const headerLines = (headers: [string, string][]) => headers.map(([k, v]) => `${k}: ${v}\r\n`).join("");
+
+  it("answers an HTTP/1.1 client that half-closes after sending: a create, a revoke, pipelined requests", async () => {
+    const body = JSON.stringify({ user_id: "usr_half_close" });
+    const headers = headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]]);
+    const create = `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers}\r\n${body}`;
+    expect(await exchange(create, { halfClose: true })).toBe("201");
+    const listed = (await (await fetch(`${server.url}/v1/sessions?user_id=usr_half_close`, { headers: server.tenant.headers })).json()) as Json;
+    expect(listed.data).toHaveLength(1);
+    const id = listed.data[0].id as string;
+    const revoke = `DELETE /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${headerLines(Object.entries(server.tenant.headers))}\r\n`;
+    expect(await exchange(create + revoke + create, { halfClose: true })).toBe("201 204 201");
+    const after = (await (await fetch(`${server.url}/v1/sessions?user_id=usr_half_close`, { headers: server.tenant.headers })).json()) as Json;
+    expect(after.data.map((s: Json) => s.id)).not.toContain(id);
+    expect(after.data).toHaveLength(2);
+    expect(((await (await fetch(`${server.url}/v1/sessions/${id}`, { headers: server.tenant.headers })).json()) as Json).status).toBe("revoked");
+  });
 
   it("reads every Content-Type line of a request, not only the first (a second one naming another type or charset is 415)", async () => {
     const send = (contentTypes: string[], userId: string) => {

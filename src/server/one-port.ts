@@ -153,6 +153,10 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         handler(req, res);
       },
     );
+    // A client may half-close once its request is sent (RFC 9112 §9.6). Node would end the socket on
+    // that FIN and the answer, the request already run, would be lost; the socket's own half (below)
+    // and this flag keep it open until the answers in flight are written, then close it.
+    (h1 as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     h1Servers.add(h1);
     // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word).
     h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy()));
@@ -264,6 +268,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         } else {
           // http.Server parses straight from the handle from now on; resuming makes the socket emit
           // the unshifted bytes to its 'data' listener first, and restarts reading from the handle.
+          socket.allowHalfOpen = true;
           h1.emit("connection", socket);
           socket.resume();
         }
