@@ -55,11 +55,9 @@ class Reader {
   text(name: string, fallback: string): string {
     return this.raw(name) ?? fallback;
   }
-  url(name: string, fallback: string, protocol?: string): string {
+  url(name: string, fallback: string): string {
     const value = this.raw(name) ?? fallback;
-    if (!URL.canParse(value) || (protocol !== undefined && new URL(value).protocol !== protocol)) {
-      this.problem(name, protocol === undefined ? "must be a URL" : `must be a ${protocol}// URL`);
-    }
+    if (!URL.canParse(value)) this.problem(name, "must be a URL");
     return value;
   }
   /** A URL with one of `protocols`, or undefined when unset or empty (the feature it enables is off). */
@@ -228,17 +226,34 @@ function defaultIssuer(r: Reader, host: string, port: number): string {
 }
 
 /**
- * DATABASE_URL: a mysql:// URL whose path names the database (created when missing), by the rule
+ * DATABASE_URL: a mysql:// (or mariadb://) URL whose path names the database (created when missing), by the rule
  * openDatabase applies (src/store/db.ts), so that a URL without one is a configuration problem
  * reported with the others, not a failure once the service starts.
  */
 function databaseUrl(r: Reader): string {
-  const url = r.url("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions", "mysql:");
-  if (!URL.canParse(url) || new URL(url).protocol !== "mysql:") return url; // its own problem is reported
-  if (databaseNameOf(url) === undefined) {
+  const url = r.text("DATABASE_URL", "mysql://root@127.0.0.1:3306/sessions");
+  const parsed = URL.canParse(url) ? new URL(url) : undefined;
+  // One problem at a time: what follows cannot be judged of a URL that is not one.
+  if (parsed === undefined || !databaseProtocols.includes(parsed.protocol)) {
+    r.problem("DATABASE_URL", "must be a mysql:// or mariadb:// URL, such as mysql://user:password@127.0.0.1:3306/sessions (a user name or password with / ? # @ : or % in it percent-encoded)");
+  } else if (!isDecodable(parsed.username) || !isDecodable(parsed.password)) {
+    r.problem("DATABASE_URL", "has a % in its user name or password that is not followed by two hex digits (write % as %25)");
+  } else if (databaseNameOf(url) === undefined) {
     r.problem("DATABASE_URL", "must name a database of letters, digits, _ or $ (up to 64), such as mysql://root@127.0.0.1:3306/sessions");
   }
   return url;
+}
+
+/** The schemes DATABASE_URL may have: one driver serves both servers. */
+const databaseProtocols = ["mysql:", "mariadb:"];
+
+function isDecodable(part: string): boolean {
+  try {
+    decodeURIComponent(part);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** REDIS_URL, when set: a redis:// or rediss:// URL whose path, if any, is a database number. */

@@ -47,3 +47,27 @@ describe("DATABASE_URL with an IPv6 address", () => {
     expect(relayed).toBeGreaterThan(0);
   });
 });
+
+describe("DATABASE_URL schemes and credentials", () => {
+  it("connects with a mariadb:// URL and a password holding an unencoded @ and :", async () => {
+    const target = new URL(freshDatabaseUrl());
+    const database = target.pathname.slice(1);
+    const admin = await openDatabase({ url: target.href, poolSize: 1 });
+    const user = `u_${database.slice(-12)}`;
+    try {
+      await admin.query("CREATE USER ?@'127.0.0.1' IDENTIFIED BY 'p@ss:w'", [user]);
+      await admin.query(`GRANT ALL ON \`${database}\`.* TO ?@'127.0.0.1'`, [user]);
+      const pool = await openDatabase({ url: `mariadb://${user}:p@ss:w@127.0.0.1:${target.port || 3306}/${database}`, poolSize: 1 });
+      try {
+        const [rows] = await pool.query("SELECT CURRENT_USER() AS who");
+        expect((rows as { who: string }[])[0]!.who).toBe(`${user}@127.0.0.1`);
+      } finally {
+        await closePool(pool);
+      }
+    } finally {
+      await admin.query("DROP USER IF EXISTS ?@'127.0.0.1'", [user]);
+      await closePool(admin);
+      await dropDatabase(target.href);
+    }
+  });
+});

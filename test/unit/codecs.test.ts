@@ -203,7 +203,7 @@ describe("config", () => {
       }
     })();
     expect(err?.message).toContain("PORT: must be an integer from 0 to 65535");
-    expect(err?.message).toContain("DATABASE_URL: must be a mysql:// URL");
+    expect(err?.message).toContain("DATABASE_URL: must be a mysql:// or mariadb:// URL");
     expect(err?.message).toContain("LOG_LEVEL: must be one of");
     expect(err?.message).toContain("KEY_ENCRYPTION_KEY: must be 32 bytes");
     expect(err?.message).toContain("MAX_CONNECTIONS: must be an integer from 1 to");
@@ -252,7 +252,19 @@ describe("config", () => {
     }
     expect(env({ DATABASE_URL: "mysql://u:p@db.internal:3307/sessions_2$" }).databaseUrl).toBe("mysql://u:p@db.internal:3307/sessions_2$");
     // Reported once: a URL that is not mysql:// is that problem alone.
-    expect(() => env({ DATABASE_URL: "postgres://x/" })).toThrow(/^invalid configuration:\n  DATABASE_URL: must be a mysql:\/\/ URL$/);
+    expect(() => env({ DATABASE_URL: "postgres://x/" })).toThrow(/^invalid configuration:\n  DATABASE_URL: must be a mysql:\/\/ or mariadb:\/\/ URL, such as [^\n]*$/);
+  });
+
+  it("takes mariadb:// as mysql://, and says how to write a password that breaks the URL", () => {
+    expect(env({ DATABASE_URL: "mariadb://u:p@db.internal:3307/sessions" }).databaseUrl).toBe("mariadb://u:p@db.internal:3307/sessions");
+    // An unencoded / or # ends the authority early: the URL does not parse, and the message says why it may not.
+    for (const url of ["mysql://root:pa/ss@127.0.0.1/sessions", "mysql://root:pa#ss@127.0.0.1/sessions", "mysql://root:pa?ss@127.0.0.1/sessions"]) {
+      expect(() => env({ DATABASE_URL: url }), url).toThrow(/DATABASE_URL: must be a mysql:\/\/ or mariadb:\/\/ URL, .*percent-encoded/);
+    }
+    // An unencoded @ or : in a password is read as meant.
+    expect(env({ DATABASE_URL: "mysql://root:p@ss:w@127.0.0.1/sessions" }).databaseUrl).toBe("mysql://root:p@ss:w@127.0.0.1/sessions");
+    // A % that starts no escape cannot be decoded: a problem at start, not a crash at connect.
+    expect(() => env({ DATABASE_URL: "mysql://root:100%@127.0.0.1/sessions" })).toThrow(/^invalid configuration:\n  DATABASE_URL: has a % in its user name or password that is not followed by two hex digits \(write % as %25\)$/);
   });
 
   it("turns per-tenant limits off by default and keeps the per-IP refresh limit on", () => {
