@@ -14,6 +14,13 @@ async function main(): Promise<void> {
   // Behind a load balancer: how long /readyz answers 503 after SIGTERM, while still serving, before
   // the port closes, so the balancer stops sending traffic before connections are refused.
   const drainDelayMs = config.shutdownDrainDelayMs;
+  // Asked to stop while still waiting for the database: nothing is served yet, so stop now, as a
+  // normal stop (exit 0), not killed by the signal.
+  const stopWhileStarting = (signal: NodeJS.Signals) => {
+    console.error(JSON.stringify({ level: "info", msg: "stopped before the service started", signal }));
+    process.exit(0);
+  };
+  process.once("SIGTERM", stopWhileStarting).once("SIGINT", stopWhileStarting);
   const services = await openServices(config, {
     startupTimeoutMs,
     onRetry: (err, delayMs) =>
@@ -24,6 +31,7 @@ async function main(): Promise<void> {
     }
     throw err;
   });
+  process.off("SIGTERM", stopWhileStarting).off("SIGINT", stopWhileStarting);
   let isDraining = false;
   const app = buildApp(config, services, { isDraining: () => isDraining });
   app.addHook("onClose", () => services.close());

@@ -1,4 +1,5 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { once } from "node:events";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError } from "../../src/domain/errors.js";
@@ -93,5 +94,38 @@ describe("openServices before the database", () => {
     expect(err.code).toBe(1);
     expect(err.stderr).toContain("database unavailable, retrying");
     expect(err.stderr).toMatch(/did not answer within DATABASE_STARTUP_TIMEOUT_MS \(1500 ms\).*ECONNREFUSED/);
+  });
+
+  it("the server process stops with exit 0 when sent SIGTERM while it waits for the database", async () => {
+    const deadPort = await freePort();
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      env: {
+        ...process.env,
+        NODE_ENV: "test",
+        PORT: String(await freePort()),
+        HOST: "127.0.0.1",
+        LOG_LEVEL: "silent",
+        DATABASE_URL: `mysql://root@127.0.0.1:${deadPort}/sessions_faults`,
+        DATABASE_STARTUP_TIMEOUT_MS: "600000",
+      },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    try {
+      let stderr = "";
+      const exited = once(child, "exit");
+      await new Promise<void>((resolve, reject) => {
+        child.stderr!.on("data", (chunk: Buffer) => {
+          stderr += chunk.toString();
+          if (stderr.includes("database unavailable, retrying")) resolve();
+        });
+        child.once("exit", () => reject(new Error(`exited before retrying: ${stderr}`)));
+      });
+      child.kill("SIGTERM");
+      const [code, signal] = await exited;
+      expect({ code, signal }).toEqual({ code: 0, signal: null });
+      expect(stderr).toContain('"msg":"stopped before the service started","signal":"SIGTERM"');
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
   });
 });
