@@ -69,6 +69,11 @@ export function buildApp(config: Config, services: Services, { isDraining }: App
     // Request ids (a client's well-formed X-Request-ID is kept), a strict query-string parser, and
     // the REST error envelope for what fails before any handler runs.
     ...restServerOptions,
+    // A request that reaches a handler while the server closes (one pipelined behind others on an
+    // HTTP/1.1 connection, a stream of an HTTP/2 session told GOAWAY) is served, its answer saying
+    // `Connection: close`: fastify's default is a bare 503 outside the error envelope, for a request
+    // the service is still able to serve within SHUTDOWN_TIMEOUT_MS.
+    return503OnClosing: false,
     // One line per request, written in onResponse below, instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     loggerInstance: services.log as FastifyBaseLogger,

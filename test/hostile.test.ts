@@ -42,10 +42,14 @@ describe("in-process server", () => {
    * The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated.
    * `halfClose`: the client ends its side once the request is written, as `nc -N` does.
    */
-  const exchange = async (request: string, { halfClose = false } = {}): Promise<string | undefined> => {
+  const exchange = async (request: string, options: { halfClose?: boolean } = {}): Promise<string | undefined> =>
+    statusesOf(await rawExchange(request, options));
+  const statusesOf = (response: string) => [...response.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]).join(" ") || undefined;
+  /** Everything the server sends back until it closes the connection. */
+  const rawExchange = async (request: string, { halfClose = false } = {}): Promise<string> => {
     const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
     try {
-      const response = await new Promise<string>((resolve, reject) => {
+      return await new Promise<string>((resolve, reject) => {
         let received = "";
         socket.on("error", reject);
         socket.on("data", (chunk) => (received += chunk.toString()));
@@ -53,11 +57,11 @@ describe("in-process server", () => {
         if (halfClose) socket.end(request);
         else socket.write(request);
       });
-      return [...response.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]).join(" ") || undefined;
     } finally {
       socket.destroy();
     }
   };
+  const sessionOf = async (userId: string) => ((await (await post("/v1/sessions", JSON.stringify({ user_id: userId }))).json()) as Json).session.id as string;
   const headerLines = (headers: [string, string][]) => headers.map(([k, v]) => `${k}: ${v}\r\n`).join("");
 
   it("answers an HTTP/1.1 client that half-closes after sending: a create, a revoke, pipelined requests", async () => {
@@ -74,6 +78,68 @@ describe("in-process server", () => {
     expect(after.data.map((s: Json) => s.id)).not.toContain(id);
     expect(after.data).toHaveLength(2);
     expect(((await (await fetch(`${server.url}/v1/sessions/${id}`, { headers: server.tenant.headers })).json()) as Json).status).toBe("revoked");
+  });
+
+  it("runs pipelined HTTP/1.1 requests one at a time, in order: each sees what the one before it did", async () => {
+    const auth = headerLines(Object.entries(server.tenant.headers));
+    const createFor = (userId: string, extra = "") => {
+      const body = JSON.stringify({ user_id: userId });
+      return `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${auth}content-type: application/json\r\ncontent-length: ${body.length}\r\n${extra}\r\n${body}`;
+    };
+    for (let round = 0; round < 5; round++) {
+      const id = await sessionOf(`usr_pipelined_order_${round}`);
+      const revokeThenRead = await rawExchange(
+        `DELETE /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${auth}\r\n` + `GET /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${auth}connection: close\r\n\r\n`,
+      );
+      expect(statusesOf(revokeThenRead)).toBe("204 200");
+      expect(revokeThenRead).toContain('"status":"revoked"');
+      // A revoke-all pipelined behind a create includes the session just created.
+      const user = `usr_pipelined_all_${round}`;
+      const createThenRevokeAll = await rawExchange(
+        createFor(user) + `DELETE /v1/sessions?user_id=${user} HTTP/1.1\r\nHost: localhost\r\n${auth}connection: close\r\n\r\n`,
+      );
+      expect(statusesOf(createThenRevokeAll)).toBe("201 200");
+      expect(createThenRevokeAll).toContain('{"revoked":1}');
+    }
+  });
+
+  it("closes a connection that pipelines more than 100 requests behind one still running", { timeout: 15_000 }, async () => {
+    const id = await sessionOf("usr_pipeline_flood");
+    const auth = headerLines(Object.entries(server.tenant.headers));
+    const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+    socket.on("error", () => undefined);
+    const closed = new Promise((resolve) => socket.on("close", resolve));
+    let received = "";
+    socket.on("data", (chunk) => (received += chunk.toString()));
+    // The revoke waits on its row; 101 reads queue behind it; the server closes the connection
+    // while the row is still locked.
+    await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: id }, {
+      writers: 1,
+      blockedStatement: "UPDATE sessions SET state = 2%",
+      start: () => {
+        socket.write(`DELETE /v1/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n${auth}\r\n`);
+        return [];
+      },
+      during: async () => {
+        socket.write(`GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n`.repeat(101));
+        await closed;
+      },
+    });
+    expect(received).toBe("");
+    expect(await exchange("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")).toBe("200");
+  });
+
+  it("answers the requests in flight before refusing a malformed or cut-short request behind them", async () => {
+    const body = JSON.stringify({ user_id: "usr_before_refusal" });
+    const create = `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]])}\r\n${body}`;
+    // Cut short by the client's FIN: in its headers, in its body.
+    expect(await exchange(create + create.slice(0, 40), { halfClose: true })).toBe("201 400");
+    expect(await exchange(create + create + create.slice(0, create.length - 5), { halfClose: true })).toBe("201 201 400");
+    // Malformed, with the connection left open.
+    expect(await exchange(create + "NOT HTTP AT ALL\r\n\r\n")).toBe("201 400");
+    // Data after a request that asked to close the connection.
+    const closing = create.replace("Host: localhost\r\n", "Host: localhost\r\nConnection: close\r\n");
+    expect((await exchange(create + closing + create))?.startsWith("201 201")).toBe(true);
   });
 
   it("reads every Content-Type line of a request, not only the first (a second one naming another type or charset is 415)", async () => {
@@ -105,7 +171,6 @@ describe("in-process server", () => {
   });
 
   it("runs a DELETE without a body whatever Content-Type it names and however it says it has none", async () => {
-    const sessionOf = async (userId: string) => ((await (await post("/v1/sessions", JSON.stringify({ user_id: userId }))).json()) as Json).session.id as string;
     const statusOf = async (id: string) => ((await (await fetch(`${server.url}/v1/sessions/${id}`, { headers: server.tenant.headers })).json()) as Json).status;
     const cases: [contentType: string | null, framing: [string, string][], body: string][] = [
       // An empty chunked body: read to its end to learn it is empty, so it must not be read again.

@@ -1,4 +1,6 @@
 import http from "node:http";
+import net from "node:net";
+import mysql, { type RowDataPacket } from "mysql2/promise";
 import { describe, expect, it } from "vitest";
 import { dropDatabase } from "./helpers/db.js";
 import { whileRowLocked } from "./helpers/row-lock.js";
@@ -39,6 +41,55 @@ describe("closing with keep-alive clients", () => {
       expect(answer).toEqual({ status: 204, connection: "close" });
     } finally {
       agent.destroy();
+      await server.app.close();
+      await dropDatabase(server.config.databaseUrl);
+    }
+  });
+
+  it("runs the requests pipelined behind one in flight only while their answers can still be sent", async () => {
+    const server = await startTestServer();
+    try {
+      const headers = { ...server.tenant.headers, "content-type": "application/json" };
+      const created = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers, body: '{"user_id":"usr_pipelined_close"}' });
+      const { session } = (await created.json()) as { session: { id: string } };
+      const lines = Object.entries(server.tenant.headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+      const create = (userId: string) => {
+        const body = JSON.stringify({ user_id: userId });
+        return `POST /v1/sessions HTTP/1.1\r\nHost: x\r\n${lines}content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
+      };
+      const exchange = () =>
+        new Promise<string>((resolve, reject) => {
+          const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+          let received = "";
+          socket.on("data", (chunk) => (received += chunk.toString()));
+          socket.on("close", () => resolve(received));
+          socket.on("error", reject);
+          socket.write(`DELETE /v1/sessions/${session.id} HTTP/1.1\r\nHost: x\r\n${lines}\r\n` + create("usr_pipelined_second") + create("usr_pipelined_third"));
+        });
+      let closed: Promise<void> = Promise.resolve();
+      // The revoke waits on its row, the two creates behind it; meanwhile the server begins to close.
+      const [response] = await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: session.id }, {
+        writers: 1,
+        blockedStatement: "UPDATE sessions SET state = 2%",
+        start: () => [exchange()],
+        during: async () => {
+          closed = server.app.close();
+        },
+      });
+      await closed;
+      const answers = [...(response ?? "").matchAll(/HTTP\/1\.1 (\d{3})[^]*?\r\nConnection: ([a-z-]+)/gi)].map((m) => `${m[1]} ${m[2]}`);
+      // The revoke, in flight when closing began, is answered as usual. The create behind it runs
+      // once it is answered, and says the connection closes (every answer given while closing does);
+      // the one behind that never runs, so the client knows to send it again elsewhere.
+      expect(answers).toEqual(["204 keep-alive", "201 close"]);
+      const db = await mysql.createConnection(server.config.databaseUrl);
+      try {
+        const [rows] = await db.query<RowDataPacket[]>("SELECT CAST(user_id AS CHAR) AS user_id FROM sessions WHERE user_id LIKE 'usr_pipelined_%' ORDER BY user_id");
+        expect(rows.map((r) => r.user_id)).toEqual(["usr_pipelined_close", "usr_pipelined_second"]);
+      } finally {
+        await db.end();
+      }
+    } finally {
       await server.app.close();
       await dropDatabase(server.config.databaseUrl);
     }

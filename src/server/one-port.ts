@@ -60,6 +60,18 @@ export interface OnePort {
 
 const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+/** An open connection, as the port tracks it. */
+interface Connection {
+  /** Requests (HTTP/1) or streams (HTTP/2) in flight: received and not yet answered. */
+  active: number;
+  /** HTTP/1: the pipelined requests waiting for the one running to be answered, in order. */
+  waiting: (() => void)[];
+  /** HTTP/1: the last request received: the one to say `Connection: close` when shutting down. */
+  last?: http.ServerResponse;
+  /** HTTP/1: a refusal by the parser, held until the requests before it are answered. */
+  refusal?: { isDue(): boolean; send(): void };
+}
+
 /** The methods HTTP/1's parser accepts; an HTTP/2 request may name any string. */
 const knownMethods = new Set(http.METHODS);
 
@@ -89,7 +101,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   } = opts;
   const undecided = new Set<net.Socket>();
   /** Every open connection, oldest first, with the requests (HTTP/1) or streams (HTTP/2) it has in flight. */
-  const connections = new Map<net.Socket, { active: number }>();
+  const connections = new Map<net.Socket, Connection>();
   /** Closes the oldest connection with nothing in flight; false when every connection is busy. */
   const evictIdle = () => {
     for (const [socket, conn] of connections) {
@@ -104,12 +116,12 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   /** Streams of each HTTP/2 session dropped while they waited for their body. */
   const droppedStreams = new WeakMap<http2.Http2Session, number>();
   /** The connection being handed to the HTTP/2 server, for its 'session' listener. */
-  let handingOver: { active: number } | undefined;
+  let handingOver: Connection | undefined;
   const sessions = new Set<http2.ServerHttp2Session>();
   const h1Servers = new Set<http.Server>();
   let closing = false;
   // Requests still receiving their body, oldest first (a Set keeps insertion order); each entry drops its request.
-  /** HTTP/1.1 responses not yet sent: told to close their connection when closing begins. */
+  /** HTTP/1.1 responses not yet sent: once none is left while closing, the connections are closed. */
   const inFlight = new Set<http.ServerResponse>();
   const pending = new Set<() => void>();
   /** Tracks a request until its body has arrived or its response closed; evicts the oldest past the bound. */
@@ -117,7 +129,9 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     if (req.complete) return;
     const entry = () => {
       pending.delete(entry);
-      drop();
+      // A body that has arrived but is not read yet (its request waits behind others on the
+      // connection) is not one still to come.
+      if (!req.complete) drop();
     };
     const done = () => pending.delete(entry);
     pending.add(entry);
@@ -141,16 +155,29 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         requireHostHeader: false,
       },
       (req, res) => {
-        const conn = connections.get(req.socket);
-        if (conn !== undefined) {
-          conn.active++;
-          res.once("close", () => conn.active--);
-        }
         // Only a request whose body is still to come is tracked; dropping it closes the connection.
         const length = req.headers["content-length"];
         const hasBody = (length !== undefined && !isZeroLength(length)) || req.headers["transfer-encoding"] !== undefined;
         if (hasBody) track(req, res, () => req.socket.destroy());
-        handler(req, res);
+        const conn = connections.get(req.socket);
+        if (conn === undefined) return void handler(req, res);
+        conn.active++;
+        conn.last = res;
+        res.once("close", () => {
+          conn.active--;
+          if (conn.refusal?.isDue()) return void conn.refusal.send();
+          conn.waiting.shift()?.();
+        });
+        // Pipelined requests run one at a time, in order, each once the one before it is answered:
+        // Node would run them all at once, and a GET behind a DELETE would read what the DELETE
+        // was about to change (RFC 9112 §9.3.2 allows parallel processing of safe methods only).
+        // A request whose connection has gone meanwhile is not run.
+        const run = () => (req.socket.destroyed ? res.destroy() : handler(req, res));
+        if (conn.active === 1) run();
+        else if (conn.waiting.length < maxConcurrentStreams) conn.waiting.push(run);
+        // As many waiting as an HTTP/2 connection may have streams open; past that the client is
+        // flooding, and each waiting request holds memory: the connection is closed.
+        else req.socket.destroy();
       },
     );
     // A client may half-close once its request is sent (RFC 9112 §9.6). Node would end the socket on
@@ -240,7 +267,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     const server = net.createServer({ noDelay: true }, (socket) => {
       if (closing) return void socket.destroy();
       if (connections.size >= maxConnections && !evictIdle()) return void socket.destroy();
-      connections.set(socket, { active: 0 });
+      connections.set(socket, { active: 0, waiting: [] });
       socket.once("close", () => connections.delete(socket));
       undecided.add(socket);
       // A client that connects and stays silent would never meet any of the inner servers' timeouts.
@@ -280,7 +307,23 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     server.on("listening", () => h1.emit("listening"));
     server.on("close", () => h1.close()); // stops that tracking timer
     // Fastify installs its clientError handler (the 400/408 answers) on the server it is given.
-    h1.on("clientError", (err, socket) => server.emit("clientError", err, socket));
+    // A refusal (a malformed request, one cut short by the client's FIN) behind requests still being
+    // answered waits for their answers, which would otherwise be lost or come after it; then, once
+    // they have left the socket's buffer (the refusal closes the socket at once), it is sent.
+    h1.on("clientError", (err: Error & { code?: string }, socket: net.Socket) => {
+      const refuse = () => server.emit("clientError", err, socket);
+      const conn = connections.get(socket);
+      if (conn === undefined || err.code === "ECONNRESET") return void refuse();
+      if (conn.refusal !== undefined) return;
+      // The last request, when its body was cut short, never completes: the refusal is its answer.
+      const isLastCut = conn.last !== undefined && !conn.last.req.complete && !conn.last.writableFinished;
+      conn.refusal = {
+        isDue: () => conn.active === (isLastCut ? 1 : 0),
+        // An empty write's callback runs once everything written before it has left the buffer.
+        send: () => socket.write("", () => refuse()),
+      };
+      if (conn.refusal.isDue()) conn.refusal.send();
+    });
     // Fastify only calls listen(), address(), close() and on() on it, which net.Server has.
     return server as unknown as http.Server;
   };
@@ -298,7 +341,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     serverFactory,
     closeConnections() {
       closing = true;
-      for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+      // Only the last answer of each connection says so: the requests pipelined before it are answered.
+      for (const { last } of connections.values()) if (last !== undefined && !last.headersSent) last.shouldKeepAlive = false;
       // Requests still waiting for their body have not reached a handler: they are not work in
       // flight, and a client that never finishes one must not hold the shutdown.
       for (const drop of [...pending]) drop();
