@@ -63,11 +63,15 @@ describe("in-process server", () => {
   };
   const sessionOf = async (userId: string) => ((await (await post("/v1/sessions", JSON.stringify({ user_id: userId }))).json()) as Json).session.id as string;
   const headerLines = (headers: [string, string][]) => headers.map(([k, v]) => `${k}: ${v}\r\n`).join("");
+  /** A raw HTTP/1.1 create for `userId`. */
+  const rawCreate = (userId: string, extraHeaders = "") => {
+    const body = JSON.stringify({ user_id: userId });
+    const headers = headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]]);
+    return `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers}${extraHeaders}\r\n${body}`;
+  };
 
   it("answers an HTTP/1.1 client that half-closes after sending: a create, a revoke, pipelined requests", async () => {
-    const body = JSON.stringify({ user_id: "usr_half_close" });
-    const headers = headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]]);
-    const create = `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers}\r\n${body}`;
+    const create = rawCreate("usr_half_close");
     expect(await exchange(create, { halfClose: true })).toBe("201");
     const listed = (await (await fetch(`${server.url}/v1/sessions?user_id=usr_half_close`, { headers: server.tenant.headers })).json()) as Json;
     expect(listed.data).toHaveLength(1);
@@ -82,10 +86,6 @@ describe("in-process server", () => {
 
   it("runs pipelined HTTP/1.1 requests one at a time, in order: each sees what the one before it did", async () => {
     const auth = headerLines(Object.entries(server.tenant.headers));
-    const createFor = (userId: string, extra = "") => {
-      const body = JSON.stringify({ user_id: userId });
-      return `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${auth}content-type: application/json\r\ncontent-length: ${body.length}\r\n${extra}\r\n${body}`;
-    };
     for (let round = 0; round < 5; round++) {
       const id = await sessionOf(`usr_pipelined_order_${round}`);
       const revokeThenRead = await rawExchange(
@@ -96,7 +96,7 @@ describe("in-process server", () => {
       // A revoke-all pipelined behind a create includes the session just created.
       const user = `usr_pipelined_all_${round}`;
       const createThenRevokeAll = await rawExchange(
-        createFor(user) + `DELETE /v1/sessions?user_id=${user} HTTP/1.1\r\nHost: localhost\r\n${auth}connection: close\r\n\r\n`,
+        rawCreate(user) + `DELETE /v1/sessions?user_id=${user} HTTP/1.1\r\nHost: localhost\r\n${auth}connection: close\r\n\r\n`,
       );
       expect(statusesOf(createThenRevokeAll)).toBe("201 200");
       expect(createThenRevokeAll).toContain('{"revoked":1}');
@@ -130,16 +130,14 @@ describe("in-process server", () => {
   });
 
   it("answers the requests in flight before refusing a malformed or cut-short request behind them", async () => {
-    const body = JSON.stringify({ user_id: "usr_before_refusal" });
-    const create = `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]])}\r\n${body}`;
+    const create = rawCreate("usr_before_refusal");
     // Cut short by the client's FIN: in its headers, in its body.
     expect(await exchange(create + create.slice(0, 40), { halfClose: true })).toBe("201 400");
     expect(await exchange(create + create + create.slice(0, create.length - 5), { halfClose: true })).toBe("201 201 400");
     // Malformed, with the connection left open.
     expect(await exchange(create + "NOT HTTP AT ALL\r\n\r\n")).toBe("201 400");
     // Data after a request that asked to close the connection.
-    const closing = create.replace("Host: localhost\r\n", "Host: localhost\r\nConnection: close\r\n");
-    expect((await exchange(create + closing + create))?.startsWith("201 201")).toBe(true);
+    expect((await exchange(create + rawCreate("usr_before_refusal", "Connection: close\r\n") + create))?.startsWith("201 201")).toBe(true);
   });
 
   it("reads every Content-Type line of a request, not only the first (a second one naming another type or charset is 415)", async () => {
