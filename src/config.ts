@@ -236,6 +236,9 @@ function databaseUrl(r: Reader): string {
   // One problem at a time: what follows cannot be judged of a URL that is not one.
   if (parsed === undefined || !databaseProtocols.includes(parsed.protocol)) {
     r.problem("DATABASE_URL", "must be a mysql:// or mariadb:// URL, such as mysql://user:password@127.0.0.1:3306/sessions (a user name or password with / ? # @ : or % in it percent-encoded)");
+  } else if (/[?#]/.test(url)) {
+    // Read as nothing, `?ssl=true` would leave a connection the operator believes encrypted in plain text.
+    r.problem("DATABASE_URL", "takes no query parameters or fragment: driver options (ssl, timeouts, …) are not read from it");
   } else if (!isDecodable(parsed.username) || !isDecodable(parsed.password)) {
     r.problem("DATABASE_URL", "has a % in its user name or password that is not followed by two hex digits (write % as %25)");
   } else if (databaseNameOf(url) === undefined) {

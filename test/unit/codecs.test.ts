@@ -263,6 +263,10 @@ describe("config", () => {
     }
     // An unencoded @ or : in a password is read as meant.
     expect(env({ DATABASE_URL: "mysql://root:p@ss:w@127.0.0.1/sessions" }).databaseUrl).toBe("mysql://root:p@ss:w@127.0.0.1/sessions");
+    // Options the service would not read are refused, not ignored: ?ssl=true must not mean plain text.
+    for (const url of ["mysql://root@127.0.0.1/sessions?ssl=true", "mysql://root@127.0.0.1/sessions?", "mysql://root@127.0.0.1/sessions#x"]) {
+      expect(() => env({ DATABASE_URL: url }), url).toThrow(/^invalid configuration:\n  DATABASE_URL: takes no query parameters or fragment/);
+    }
     // A % that starts no escape cannot be decoded: a problem at start, not a crash at connect.
     expect(() => env({ DATABASE_URL: "mysql://root:100%@127.0.0.1/sessions" })).toThrow(/^invalid configuration:\n  DATABASE_URL: has a % in its user name or password that is not followed by two hex digits \(write % as %25\)$/);
   });
