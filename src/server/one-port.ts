@@ -64,12 +64,20 @@ const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 interface Connection {
   /** Requests (HTTP/1) or streams (HTTP/2) in flight: received and not yet answered. */
   active: number;
-  /** HTTP/1: the pipelined requests waiting for the one running to be answered, in order. */
+  /** HTTP/1: the request running; the pipelined ones behind it wait in `waiting`, in order. */
+  running?: http.ServerResponse;
   waiting: (() => void)[];
-  /** HTTP/1: the last request received: the one to say `Connection: close` when shutting down. */
+  /** HTTP/1: past `maxConcurrentStreams` waiting: nothing more is read or run on the connection. */
+  isFlooded?: boolean;
+  /** HTTP/1: the last request received, whose body may be the one a refusal cuts short. */
   last?: http.ServerResponse;
   /** HTTP/1: a refusal by the parser, held until the requests before it are answered. */
   refusal?: { isDue(): boolean; send(): void };
+}
+
+/** Whether Node's parser takes `req` as asking to switch protocols: an Upgrade header, and `upgrade` in Connection. */
+function asksToUpgrade(req: http.IncomingMessage): boolean {
+  return req.headers.upgrade !== undefined && /(?:^|,)\s*upgrade\s*(?:,|$)/i.test(req.headers.connection ?? "");
 }
 
 /** The methods HTTP/1's parser accepts; an HTTP/2 request may name any string. */
@@ -163,21 +171,38 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         if (conn === undefined) return void handler(req, res);
         conn.active++;
         conn.last = res;
+        // Node reads nothing more of a connection once a request asks to switch protocols (what is
+        // pipelined behind it is lost): its answer closes the connection, so the client sends the
+        // rest again, on another.
+        if (asksToUpgrade(req)) res.shouldKeepAlive = false;
         res.once("close", () => {
           conn.active--;
+          if (conn.running === res) conn.running = undefined;
           if (conn.refusal?.isDue()) return void conn.refusal.send();
           conn.waiting.shift()?.();
         });
         // Pipelined requests run one at a time, in order, each once the one before it is answered:
         // Node would run them all at once, and a GET behind a DELETE would read what the DELETE
         // was about to change (RFC 9112 §9.3.2 allows parallel processing of safe methods only).
-        // A request whose connection has gone meanwhile is not run.
-        const run = () => (req.socket.destroyed ? res.destroy() : handler(req, res));
+        // A request whose answer can no longer be sent (the one before it closed the connection)
+        // is not run.
+        const run = () => {
+          if (!req.socket.writable) return void res.destroy();
+          conn.running = res;
+          handler(req, res);
+        };
         if (conn.active === 1) run();
-        else if (conn.waiting.length < maxConcurrentStreams) conn.waiting.push(run);
-        // As many waiting as an HTTP/2 connection may have streams open; past that the client is
-        // flooding, and each waiting request holds memory: the connection is closed.
-        else req.socket.destroy();
+        else if (conn.isFlooded !== true && conn.waiting.length < maxConcurrentStreams) conn.waiting.push(run);
+        else if (conn.isFlooded !== true) {
+          // As many waiting as an HTTP/2 connection may have streams open; past that the client is
+          // flooding, and each waiting request holds memory. Nothing more is read or run; the
+          // request running is answered, saying the connection closes, and it closes.
+          conn.isFlooded = true;
+          conn.waiting.length = 0;
+          req.socket.pause();
+          if (conn.running !== undefined && !conn.running.headersSent) conn.running.shouldKeepAlive = false;
+          else req.socket.destroy();
+        }
       },
     );
     // A client may half-close once its request is sent (RFC 9112 §9.6). Node would end the socket on
@@ -185,8 +210,11 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     // and this flag keep it open until the answers in flight are written, then close it.
     (h1 as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     h1Servers.add(h1);
-    // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word).
-    h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy()));
+    // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word),
+    // after the requests before it are answered.
+    h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) =>
+      refuseInTurn(socket, false, () => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy())),
+    );
     // Once closing, every HTTP/1.1 response says `Connection: close`, so keep-alive clients stop
     // sending on a socket about to go (those in flight when closing began are told as they answer);
     // a response still in flight at close leaves a keep-alive socket behind: drop it once idle.
@@ -311,21 +339,32 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     // answered waits for their answers, which would otherwise be lost or come after it; then, once
     // they have left the socket's buffer (the refusal closes the socket at once), it is sent.
     h1.on("clientError", (err: Error & { code?: string }, socket: net.Socket) => {
-      const refuse = () => server.emit("clientError", err, socket);
-      const conn = connections.get(socket);
-      if (conn === undefined || err.code === "ECONNRESET") return void refuse();
-      if (conn.refusal !== undefined) return;
+      const refuseNow = () => server.emit("clientError", err, socket);
+      if (err.code === "ECONNRESET") return void refuseNow();
       // The last request, when its body was cut short, never completes: the refusal is its answer.
-      const isLastCut = conn.last !== undefined && !conn.last.req.complete && !conn.last.writableFinished;
-      conn.refusal = {
-        isDue: () => conn.active === (isLastCut ? 1 : 0),
-        // An empty write's callback runs once everything written before it has left the buffer.
-        send: () => socket.write("", () => refuse()),
-      };
-      if (conn.refusal.isDue()) conn.refusal.send();
+      const last = connections.get(socket)?.last;
+      refuseInTurn(socket, last !== undefined && !last.req.complete && !last.writableFinished, refuseNow);
     });
     // Fastify only calls listen(), address(), close() and on() on it, which net.Server has.
     return server as unknown as http.Server;
+  };
+
+  /**
+   * Refuses what the HTTP/1.1 parser could not take on `socket` once the requests before it are
+   * answered (all of them, or all but the last when `isLastCut`: the one the refusal answers) and
+   * their bytes have left the socket's buffer. At once, the refusal would be lost or read as the
+   * answer to the first request in flight.
+   */
+  const refuseInTurn = (socket: net.Socket, isLastCut: boolean, refuseNow: () => void) => {
+    const conn = connections.get(socket);
+    if (conn === undefined) return void refuseNow();
+    if (conn.refusal !== undefined) return;
+    conn.refusal = {
+      isDue: () => conn.active === (isLastCut ? 1 : 0),
+      // An empty write's callback runs once everything written before it has left the buffer.
+      send: () => void socket.write("", () => refuseNow()),
+    };
+    if (conn.refusal.isDue()) conn.refusal.send();
   };
 
   /**
@@ -341,8 +380,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     serverFactory,
     closeConnections() {
       closing = true;
-      // Only the last answer of each connection says so: the requests pipelined before it are answered.
-      for (const { last } of connections.values()) if (last !== undefined && !last.headersSent) last.shouldKeepAlive = false;
+      // The request running on each connection says so; those waiting behind it never run.
+      for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
       // Requests still waiting for their body have not reached a handler: they are not work in
       // flight, and a client that never finishes one must not hold the shutdown.
       for (const drop of [...pending]) drop();
