@@ -64,6 +64,8 @@ const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 interface Connection {
   /** Requests (HTTP/1) or streams (HTTP/2) in flight: received and not yet answered. */
   active: number;
+  /** Handed to the HTTP/1.1 server (not HTTP/2, nor still undecided). */
+  isHttp1?: boolean;
   /** HTTP/1: the request running; the pipelined ones behind it wait in `waiting`, in order. */
   running?: http.ServerResponse;
   waiting: (() => void)[];
@@ -126,7 +128,6 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   /** The connection being handed to the HTTP/2 server, for its 'session' listener. */
   let handingOver: Connection | undefined;
   const sessions = new Set<http2.ServerHttp2Session>();
-  const h1Servers = new Set<http.Server>();
   let closing = false;
   // Requests still receiving their body, oldest first (a Set keeps insertion order); each entry drops its request.
   /** HTTP/1.1 responses not yet sent: once none is left while closing, the connections are closed. */
@@ -209,7 +210,6 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     // that FIN and the answer, the request already run, would be lost; the socket's own half (below)
     // and this flag keep it open until the answers in flight are written, then close it.
     (h1 as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
-    h1Servers.add(h1);
     // Nothing here is a proxy: CONNECT is refused (Node would drop the connection without a word),
     // after the requests before it are answered.
     h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) =>
@@ -217,15 +217,14 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     );
     // Once closing, every HTTP/1.1 response says `Connection: close`, so keep-alive clients stop
     // sending on a socket about to go (those in flight when closing began are told as they answer);
-    // a response still in flight at close leaves a keep-alive socket behind: drop it once idle.
+    // a connection whose answers are all given is closed once they have left its buffer.
     h1.on("request", (_req, res) => {
       inFlight.add(res);
       if (closing) res.shouldKeepAlive = false;
       res.once("close", () => {
         inFlight.delete(res);
-        if (closing) closeWhenAnswered();
+        if (closing) closeIdleHttp1();
       });
-      res.once("finish", () => closing && h1.closeIdleConnections());
     });
 
     const h2Options: http2.ServerOptions & { streamResetBurst: number; streamResetRate: number } = {
@@ -324,6 +323,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
           // http.Server parses straight from the handle from now on; resuming makes the socket emit
           // the unshifted bytes to its 'data' listener first, and restarts reading from the handle.
           socket.allowHalfOpen = true;
+          const conn = connections.get(socket);
+          if (conn !== undefined) conn.isHttp1 = true;
           h1.emit("connection", socket);
           socket.resume();
         }
@@ -368,12 +369,17 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   };
 
   /**
-   * Once closing and every HTTP/1.1 response is sent, what connections remain hold no work: a
-   * request whose headers never finished, or a keep-alive socket. Each would otherwise hold the
-   * shutdown to its timeout.
+   * Closes the HTTP/1.1 connections with no request in flight: between requests, or with a request
+   * whose headers never finished. Each would otherwise hold the shutdown to its timeout. One with
+   * bytes of its answers still in its buffer (a client reading slowly) is closed once they have
+   * left: destroying it would cut an answer off, Node's closeIdleConnections does.
    */
-  const closeWhenAnswered = () => {
-    if (inFlight.size === 0) for (const h1 of h1Servers) h1.closeAllConnections();
+  const closeIdleHttp1 = () => {
+    for (const [socket, conn] of connections) {
+      if (!conn.isHttp1 || conn.active > 0) continue;
+      if (socket.writableLength === 0) socket.destroy();
+      else socket.destroySoon();
+    }
   };
 
   return {
@@ -386,8 +392,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
       // flight, and a client that never finishes one must not hold the shutdown.
       for (const drop of [...pending]) drop();
       for (const socket of undecided) socket.destroy();
-      for (const h1 of h1Servers) h1.closeIdleConnections();
-      closeWhenAnswered();
+      closeIdleHttp1();
       for (const session of sessions) session.close();
     },
   };
