@@ -23,6 +23,19 @@ afterAll(async () => {
   await db?.destroy();
 });
 
+/** The server process's environment, its database on a port where nothing listens. */
+async function withoutDatabase(startupTimeoutMs: number): Promise<NodeJS.ProcessEnv> {
+  return {
+    ...process.env,
+    NODE_ENV: "test",
+    PORT: String(await freePort()),
+    HOST: "127.0.0.1",
+    LOG_LEVEL: "silent",
+    DATABASE_URL: `mysql://root@127.0.0.1:${await freePort()}/sessions_faults`,
+    DATABASE_STARTUP_TIMEOUT_MS: String(startupTimeoutMs),
+  };
+}
+
 describe("openServices before the database", () => {
   it("keeps retrying and comes up once the database appears within the deadline", async () => {
     await db.stop();
@@ -78,17 +91,8 @@ describe("openServices before the database", () => {
   });
 
   it("the server process exits 1 with a clear message past DATABASE_STARTUP_TIMEOUT_MS", async () => {
-    const deadPort = await freePort();
     const err = (await run(process.execPath, ["--import", "tsx", "src/main.ts"], {
-      env: {
-        ...process.env,
-        NODE_ENV: "test",
-        PORT: String(await freePort()),
-        HOST: "127.0.0.1",
-        LOG_LEVEL: "silent",
-        DATABASE_URL: `mysql://root@127.0.0.1:${deadPort}/sessions_faults`,
-        DATABASE_STARTUP_TIMEOUT_MS: "1500",
-      },
+      env: await withoutDatabase(1_500),
       timeout: 20_000,
     }).catch((e: unknown) => e)) as { code: number; stderr: string };
     expect(err.code).toBe(1);
@@ -97,17 +101,8 @@ describe("openServices before the database", () => {
   });
 
   it("the server process stops with exit 0 when sent SIGTERM while it waits for the database", async () => {
-    const deadPort = await freePort();
     const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
-      env: {
-        ...process.env,
-        NODE_ENV: "test",
-        PORT: String(await freePort()),
-        HOST: "127.0.0.1",
-        LOG_LEVEL: "silent",
-        DATABASE_URL: `mysql://root@127.0.0.1:${deadPort}/sessions_faults`,
-        DATABASE_STARTUP_TIMEOUT_MS: "600000",
-      },
+      env: await withoutDatabase(600_000),
       stdio: ["ignore", "ignore", "pipe"],
     });
     try {
