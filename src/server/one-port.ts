@@ -130,7 +130,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   const sessions = new Set<http2.ServerHttp2Session>();
   let closing = false;
   // Requests still receiving their body, oldest first (a Set keeps insertion order); each entry drops its request.
-  /** HTTP/1.1 responses not yet sent: once none is left while closing, the connections are closed. */
+  /** HTTP/1.1 responses not yet sent: told to close their connection when closing begins. */
   const inFlight = new Set<http.ServerResponse>();
   const pending = new Set<() => void>();
   /** Tracks a request until its body has arrived or its response closed; evicts the oldest past the bound. */
