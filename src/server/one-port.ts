@@ -133,8 +133,8 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
   /** HTTP/1.1 responses not yet sent: told to close their connection when closing begins. */
   const inFlight = new Set<http.ServerResponse>();
   const pending = new Set<() => void>();
-  /** Tracks a request until its body has arrived or its response closed; evicts the oldest past the bound. */
-  const track = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse, drop: () => void) => {
+  /** Tracks a request until its body has arrived or it closed; evicts the oldest past the bound. */
+  const track = (req: http.IncomingMessage | http2.Http2ServerRequest, drop: () => void) => {
     if (req.complete) return;
     const entry = () => {
       pending.delete(entry);
@@ -167,8 +167,23 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         // Only a request whose body is still to come is tracked; dropping it closes the connection.
         const length = req.headers["content-length"];
         const hasBody = (length !== undefined && !isZeroLength(length)) || req.headers["transfer-encoding"] !== undefined;
-        if (hasBody) track(req, res, () => req.socket.destroy());
+        if (hasBody) track(req, () => req.socket.destroy());
+        // Once closing, every answer says `Connection: close`, so keep-alive clients stop sending on
+        // a socket about to go (those in flight when closing began are told as they answer).
+        inFlight.add(res);
+        if (closing) res.shouldKeepAlive = false;
         const conn = connections.get(req.socket);
+        res.once("close", () => {
+          inFlight.delete(res);
+          if (conn !== undefined) {
+            conn.active--;
+            if (conn.running === res) conn.running = undefined;
+            if (conn.refusal?.isDue()) conn.refusal.send();
+            else conn.waiting.shift()?.();
+          }
+          // A connection whose answers are all given is closed once they have left its buffer.
+          if (closing) closeIdleHttp1();
+        });
         if (conn === undefined) return void handler(req, res);
         conn.active++;
         conn.last = res;
@@ -176,12 +191,6 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         // pipelined behind it is lost): its answer closes the connection, so the client sends the
         // rest again, on another.
         if (asksToUpgrade(req)) res.shouldKeepAlive = false;
-        res.once("close", () => {
-          conn.active--;
-          if (conn.running === res) conn.running = undefined;
-          if (conn.refusal?.isDue()) return void conn.refusal.send();
-          conn.waiting.shift()?.();
-        });
         // Pipelined requests run one at a time, in order, each once the one before it is answered:
         // Node would run them all at once, and a GET behind a DELETE would read what the DELETE
         // was about to change (RFC 9112 §9.3.2 allows parallel processing of safe methods only).
@@ -215,17 +224,6 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
     h1.on("connect", (_req: http.IncomingMessage, socket: net.Socket) =>
       refuseInTurn(socket, false, () => (refuse ? refuse.onSocket(socket, "method_not_allowed") : socket.destroy())),
     );
-    // Once closing, every HTTP/1.1 response says `Connection: close`, so keep-alive clients stop
-    // sending on a socket about to go (those in flight when closing began are told as they answer);
-    // a connection whose answers are all given is closed once they have left its buffer.
-    h1.on("request", (_req, res) => {
-      inFlight.add(res);
-      if (closing) res.shouldKeepAlive = false;
-      res.once("close", () => {
-        inFlight.delete(res);
-        if (closing) closeIdleHttp1();
-      });
-    });
 
     const h2Options: http2.ServerOptions & { streamResetBurst: number; streamResetRate: number } = {
       // Streams per connection bounded and announced. Header blocks are let in up to 4 times the
@@ -260,7 +258,7 @@ export function createOnePort(opts: OnePortOptions = {}): OnePort {
         droppedStreams.set(session, dropped);
         if (dropped >= maxConcurrentStreams) session.destroy();
       };
-      track(req, res, reset);
+      track(req, reset);
       // As HTTP/1's requestTimeout: a stream whose body has not all arrived in time is reset, so
       // streams opened and left pending cannot pile up (Node has no such timeout for HTTP/2).
       const timer = setTimeout(() => req.complete || reset(), requestTimeoutMs);
