@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
 import http2 from "node:http2";
-import net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { VerifyTokenRequestSchema } from "../gen/sessions/v1/sessions_pb.js";
 import { openServices } from "../src/services.js";
 import { poolStats } from "../src/store/db.js";
 import { rotationStatement, whileRowLocked } from "./helpers/row-lock.js";
+import { headerLines, rawCreate as rawCreateFor, rawHttp } from "./helpers/raw-http.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
 /**
@@ -38,37 +38,13 @@ describe("in-process server", () => {
   const post = (path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
     fetch(server.url + path, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json", ...headers }, body });
 
-  /**
-   * The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated.
-   * `halfClose`: the client ends its side once the request is written, as `nc -N` does.
-   */
+  /** The statuses of one raw HTTP/1.1 exchange (several for pipelined requests), space-separated. */
   const exchange = async (request: string, options: { halfClose?: boolean } = {}): Promise<string | undefined> =>
     statusesOf(await rawExchange(request, options));
   const statusesOf = (response: string) => [...response.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]).join(" ") || undefined;
-  /** Everything the server sends back until it closes the connection. */
-  const rawExchange = async (request: string, { halfClose = false } = {}): Promise<string> => {
-    const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
-    try {
-      return await new Promise<string>((resolve, reject) => {
-        let received = "";
-        socket.on("error", reject);
-        socket.on("data", (chunk) => (received += chunk.toString()));
-        socket.on("end", () => resolve(received));
-        if (halfClose) socket.end(request);
-        else socket.write(request);
-      });
-    } finally {
-      socket.destroy();
-    }
-  };
+  const rawExchange = (request: string, options: { halfClose?: boolean } = {}) => rawHttp(server.port, request, options);
   const sessionOf = async (userId: string) => ((await (await post("/v1/sessions", JSON.stringify({ user_id: userId }))).json()) as Json).session.id as string;
-  const headerLines = (headers: [string, string][]) => headers.map(([k, v]) => `${k}: ${v}\r\n`).join("");
-  /** A raw HTTP/1.1 create for `userId`. */
-  const rawCreate = (userId: string, extraHeaders = "") => {
-    const body = JSON.stringify({ user_id: userId });
-    const headers = headerLines([...Object.entries(server.tenant.headers), ["content-type", "application/json"], ["content-length", String(body.length)]]);
-    return `POST /v1/sessions HTTP/1.1\r\nHost: localhost\r\n${headers}${extraHeaders}\r\n${body}`;
-  };
+  const rawCreate = (userId: string, extraHeaders = "") => rawCreateFor(server.tenant.headers, userId, extraHeaders);
 
   it("answers an HTTP/1.1 client that half-closes after sending: a create, a revoke, pipelined requests", async () => {
     const create = rawCreate("usr_half_close");

@@ -1,5 +1,4 @@
 import http2 from "node:http2";
-import net from "node:net";
 import { Writable } from "node:stream";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
@@ -12,6 +11,7 @@ import { SessionService, type CreateSessionResponse, type RefreshSessionResponse
 import { manualClock } from "./helpers/clock.js";
 import { rotationStatement, whileRowLocked } from "./helpers/row-lock.js";
 import { callUnary, callUnaryWithHeaders, grpcClient } from "./helpers/grpc-client.js";
+import { rawHttp as sendRaw } from "./helpers/raw-http.js";
 import { startTestServer, type TestServer } from "./helpers/server.js";
 
 /**
@@ -64,16 +64,8 @@ const refresh = (token: string, target = server) =>
 
 const getSession = async (id: string) => (await call(server, "GET", `/v1/sessions/${id}`)).json as Json;
 
-/** Sends raw bytes on a fresh connection and returns everything the server answered. */
-function rawHttp(request: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(server.port, "127.0.0.1", () => socket.end(request));
-    const chunks: Buffer[] = [];
-    socket.on("data", (d: Buffer) => chunks.push(d));
-    socket.on("close", () => resolve(Buffer.concat(chunks).toString("utf8")));
-    socket.on("error", reject);
-  });
-}
+/** Sends raw bytes on a fresh connection, half-closed, and returns everything the server answered. */
+const rawHttp = (request: string) => sendRaw(server.port, request, { halfClose: true });
 
 describe("refresh: a grace retry hands out the same successor", () => {
   it("two tabs refreshing one token both get the one live token, and keep the session alive after the window", async () => {

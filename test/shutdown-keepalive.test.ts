@@ -4,6 +4,7 @@ import mysql, { type RowDataPacket } from "mysql2/promise";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { dropDatabase } from "./helpers/db.js";
+import { headerLines, rawCreate, rawHttp } from "./helpers/raw-http.js";
 import { whileRowLocked } from "./helpers/row-lock.js";
 import { startTestServer } from "./helpers/server.js";
 
@@ -53,20 +54,9 @@ describe("closing with keep-alive clients", () => {
       const headers = { ...server.tenant.headers, "content-type": "application/json" };
       const created = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers, body: '{"user_id":"usr_pipelined_close"}' });
       const { session } = (await created.json()) as { session: { id: string } };
-      const lines = Object.entries(server.tenant.headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
-      const create = (userId: string) => {
-        const body = JSON.stringify({ user_id: userId });
-        return `POST /v1/sessions HTTP/1.1\r\nHost: x\r\n${lines}content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
-      };
+      const create = (userId: string) => rawCreate(server.tenant.headers, userId);
       const exchange = () =>
-        new Promise<string>((resolve, reject) => {
-          const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
-          let received = "";
-          socket.on("data", (chunk) => (received += chunk.toString()));
-          socket.on("close", () => resolve(received));
-          socket.on("error", reject);
-          socket.write(`DELETE /v1/sessions/${session.id} HTTP/1.1\r\nHost: x\r\n${lines}\r\n` + create("usr_pipelined_second") + create("usr_pipelined_third"));
-        });
+        rawHttp(server.port, `DELETE /v1/sessions/${session.id} HTTP/1.1\r\nHost: x\r\n${headerLines(server.tenant.headers)}\r\n` + create("usr_pipelined_second") + create("usr_pipelined_third"));
       let closed: Promise<void> = Promise.resolve();
       // The revoke waits on its row, the two creates behind it; meanwhile the server begins to close.
       const [response] = await whileRowLocked(server.services.pool, { tenantId: server.tenant.id, sessionId: session.id }, {
@@ -99,21 +89,16 @@ describe("closing with keep-alive clients", () => {
     const server = await startTestServer();
     const db = await mysql.createConnection(server.config.databaseUrl);
     try {
-      const lines = Object.entries(server.tenant.headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
-      const create = (userId: string) => {
-        const body = JSON.stringify({ user_id: userId });
-        return `POST /v1/sessions HTTP/1.1\r\nHost: x\r\n${lines}content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
-      };
       // Pages of ~140 KB: 100 sessions with 1,000-character user agents.
       await Promise.all(
         Array.from({ length: 100 }, () =>
           fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { ...server.tenant.headers, "content-type": "application/json" }, body: JSON.stringify({ user_id: "usr_big", user_agent: "a".repeat(1000) }) }),
         ),
       );
-      const page = `GET /v1/sessions?user_id=usr_big&limit=100 HTTP/1.1\r\nHost: x\r\n${lines}\r\n`;
+      const page = `GET /v1/sessions?user_id=usr_big&limit=100 HTTP/1.1\r\nHost: x\r\n${headerLines(server.tenant.headers)}\r\n`;
       // 10 creates, each followed by 9 pages (13 MB): more than the kernel's buffers hold for a
       // client that does not read, so answers wait in the server's socket buffer.
-      const pipeline = Array.from({ length: 10 }, (_, i) => create(`usr_slow_${i}`) + page.repeat(9)).join("");
+      const pipeline = Array.from({ length: 10 }, (_, i) => rawCreate(server.tenant.headers, `usr_slow_${i}`) + page.repeat(9)).join("");
       const socket = net.connect(Number(new URL(server.url).port), "127.0.0.1");
       socket.pause();
       const chunks: Buffer[] = [];
